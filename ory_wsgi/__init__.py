@@ -1,0 +1,9 @@
+"""ory_wsgi: an identity-aware reverse proxy that puts a WSGI-served app and Ory on one domain."""
+
+from __future__ import annotations
+
+from ory_wsgi.app import make_app
+from ory_wsgi.errors import ConfigError
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "__version__", "make_app"]

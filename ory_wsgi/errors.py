@@ -1,0 +1,27 @@
+"""The project's own exception types, mapped to HTTP answers at the edge."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is the one line shown to the operator."""
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer in time."""
+
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than `proxy.max_body_size`."""
+
+
+class BadRequest(Exception):
+    """The request is malformed (a header or the path); answered with 400."""

@@ -1,0 +1,304 @@
+"""The forwarder: a WSGI app that streams each request to one upstream.
+
+    app = Forwarder("http://127.0.0.1:3000", public_url="https://app.example.com")
+
+Connections are pooled (keep-alive, thread-safe, one pool per process) and
+bodies stream both ways: request bodies are read from `wsgi.input` as the
+upstream takes them, and response bytes are handed to the server as soon as
+they arrive, undecoded. Nothing here follows redirects, keeps cookies, reads
+proxy variables from the environment or adds headers of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.util import Timeout
+from urllib3.util.request import SKIP_HEADER
+
+from ory_wsgi.answers import error_answer
+from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError, UpstreamTimeout
+from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
+from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger("ory_wsgi.forwarder")
+
+CHUNK = 64 * 1024
+NO_BODY_STATUSES = frozenset({204, 304})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class ClientGone(Exception):
+    """The client stopped sending its request body before the end."""
+
+
+class Forwarder:
+    """Forward every request to `upstream`, streaming, over pooled connections.
+
+    `environ["ory.target"]` (the checked path and query), when set, is sent
+    instead of the request target the client sent.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        public_url: str,
+        *,
+        rewrite_host: bool = False,
+        trusted_proxies: tuple[str, ...] = (),
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        max_body_size: int = 0,
+        pool_size: int = 64,
+    ) -> None:
+        parts = urlsplit(upstream)
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        pool_cls = HTTPSConnectionPool if secure else HTTPConnectionPool
+        self.pool = pool_cls(
+            parts.hostname,
+            port,
+            maxsize=pool_size,
+            block=False,
+            retries=False,
+            timeout=Timeout(connect=connect_timeout, read=read_timeout),
+            blocksize=CHUNK,
+        )
+        self.upstream_host = parts.netloc if rewrite_host else None
+        self.trusted = TrustedProxies(trusted_proxies)
+        self.max_body_size = max_body_size
+        self.public_url = public_url.rstrip("/")
+        default_port = ":443" if secure else ":80"
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        self.upstream_origins = tuple(
+            {origin, origin.removesuffix(default_port), f"{origin}{default_port}"}
+            if parts.port in (None, 80, 443)
+            else {origin}
+        )
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        method = environ["REQUEST_METHOD"]
+        try:
+            target = environ.get("ory.target") or request_target(environ)
+            headers = upstream_headers(environ, self.trusted, self.upstream_host)
+            body, chunked = self._request_body(environ, headers)
+        except BadRequest as exc:
+            log.warning("bad_request: %s", exc)
+            return error_answer(environ, start_response, 400, str(exc))
+        except BodyTooLarge:
+            return self._too_large(environ, start_response)
+
+        started = time.perf_counter()
+        try:
+            response = self._send(method, target, body, headers, chunked)
+        except BodyTooLarge:
+            return self._too_large(environ, start_response)
+        except ClientGone:
+            environ["ory.client_gone"] = True
+            log.info("client_gone: the client stopped sending its request body")
+            return error_answer(environ, start_response, 400, "Incomplete request body.")
+        except UpstreamError as exc:
+            log.error("%s: %s %s: %s", exc.code, method, target, exc)
+            environ["ory.error"] = exc.code
+            message = (
+                "The application did not answer in time."
+                if exc.status == 504
+                else "The application could not be reached."
+            )
+            return error_answer(environ, start_response, exc.status, message)
+        environ["ory.upstream_ms"] = (time.perf_counter() - started) * 1000.0
+
+        out_headers = response_headers(response.headers.items())
+        for index, (name, value) in enumerate(out_headers):
+            if name.lower() == "location":
+                out_headers[index] = (name, self.rewrite_location(value))
+        start_response(f"{response.status} {response.reason}", out_headers)
+        if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
+            response.drain_conn()
+            response.release_conn()
+            return []
+        return UpstreamBody(response)
+
+    def rewrite_location(self, location: str) -> str:
+        """A Location on the upstream's own origin points at the public URL instead."""
+        lowered = location[:64].lower()
+        for origin in self.upstream_origins:
+            if lowered.startswith(origin):
+                rest = location[len(origin) :]
+                if not rest or rest[0] in "/?#":
+                    return self.public_url + rest
+        return location
+
+    def _send(
+        self,
+        method: str,
+        target: str,
+        body: Any,
+        headers: dict[str, str],
+        chunked: bool,
+    ) -> HTTPResponse:
+        attempts = 2 if body is None and method in IDEMPOTENT else 1
+        for attempt in range(attempts):
+            try:
+                return self.pool.urlopen(
+                    method,
+                    target,
+                    body=body,
+                    headers=headers,
+                    retries=False,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    chunked=chunked,
+                )
+            # NewConnectionError subclasses ConnectTimeoutError: test refusal first.
+            except NewConnectionError as exc:
+                raise UpstreamError(_reason(exc)) from None
+            except (ConnectTimeoutError, ReadTimeoutError) as exc:
+                raise UpstreamTimeout(_reason(exc)) from None
+            except ProtocolError as exc:
+                # A pooled connection the upstream closed while idle: try once more.
+                if attempt + 1 < attempts:
+                    continue
+                raise UpstreamError(_reason(exc)) from None
+            except HTTPError as exc:
+                raise UpstreamError(_reason(exc)) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request_body(
+        self, environ: WSGIEnvironment, headers: dict[str, str]
+    ) -> tuple[Any, bool]:
+        if "User-Agent" not in headers:
+            headers["User-Agent"] = SKIP_HEADER
+        headers.setdefault("Accept-Encoding", SKIP_HEADER)
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            if not length.isdigit():
+                raise BadRequest("invalid Content-Length")
+            size = int(length)
+            if self.max_body_size and size > self.max_body_size:
+                raise BodyTooLarge()
+            headers["Content-Length"] = str(size)
+            return (SizedBody(environ["wsgi.input"], size) if size else b""), False
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return ChunkedBody(environ["wsgi.input"], self.max_body_size), True
+        return None, False
+
+    def _too_large(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        log.warning("body_too_large: more than %d bytes", self.max_body_size)
+        return error_answer(
+            environ,
+            start_response,
+            413,
+            f"The request body is larger than {self.max_body_size} bytes.",
+            headers=[("Connection", "close")],
+        )
+
+
+def request_target(environ: WSGIEnvironment) -> str:
+    """The path and query as the client sent them (still percent-encoded)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw and not raw.startswith("/"):
+        # absolute-form ("GET http://host/path"): keep only path and query.
+        parts = urlsplit(raw)
+        raw = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not raw:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        raw = quote(path.encode("latin-1"), safe="/;=,@:!$&'()*+~")
+        if environ.get("QUERY_STRING"):
+            raw += "?" + environ["QUERY_STRING"]
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in raw):
+        raise BadRequest("invalid characters in the request target")
+    if "#" in raw:
+        raw = raw.split("#", 1)[0]
+    return str(raw)
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else exc)
+    return str(reason)[:200]
+
+
+class SizedBody:
+    """A file-like view of exactly `size` bytes of `wsgi.input`."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self.stream = stream
+        self.remaining = size
+
+    def read(self, amount: int = CHUNK) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        try:
+            data: bytes = self.stream.read(min(amount, self.remaining, CHUNK))
+        except Exception as exc:
+            raise ClientGone() from exc
+        if not data:
+            raise ClientGone()
+        self.remaining -= len(data)
+        return data
+
+
+class ChunkedBody:
+    """The body of a chunked request, read to its end, counted against a limit."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self.stream = stream
+        self.limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        total = 0
+        while True:
+            try:
+                data: bytes = self.stream.read(CHUNK)
+            except Exception as exc:
+                raise ClientGone() from exc
+            if not data:
+                return
+            total += len(data)
+            if self.limit and total > self.limit:
+                raise BodyTooLarge()
+            yield data
+
+
+class UpstreamBody:
+    """The upstream's response body, handed on as it arrives.
+
+    If the client goes away first, `close()` drops the upstream connection
+    instead of returning it to the pool with unread bytes in it.
+    """
+
+    def __init__(self, response: HTTPResponse) -> None:
+        self.response = response
+        self.done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        read1 = self.response.read1
+        try:
+            while True:
+                data = read1(CHUNK, decode_content=False)
+                if not data:
+                    break
+                yield data
+        except (ReadTimeoutError, ProtocolError) as exc:
+            log.error("upstream_timeout: the response stopped mid-stream: %s", _reason(exc))
+            raise UpstreamTimeout("the response stopped mid-stream") from None
+        self.done = True
+
+    def close(self) -> None:
+        if not self.done:
+            self.response.close()
+        self.response.release_conn()

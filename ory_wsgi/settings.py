@@ -1,0 +1,449 @@
+"""Settings: the TOML file, merged with the environment and overrides.
+
+Precedence, lowest first: defaults < TOML file < environment < overrides (the
+command line, or keyword arguments of `make_app`). Every problem is reported
+as one `ConfigError` line naming the source, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from ory_wsgi.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DURATION = {"duration": True}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    upstream: str = ""
+    public_url: str = ""
+    rewrite_host: bool = False
+    default_redirect_url: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    connect_timeout: float = field(default=5.0, metadata=DURATION)
+    read_timeout: float = field(default=120.0, metadata=DURATION)
+    max_body_size: int = 0
+    state_dir: str = ".ory-wsgi"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 4000
+
+
+@dataclass(frozen=True)
+class OrySettings:
+    sdk_url: str = ""
+    project: str = ""
+    api_key: str = ""
+    session_cookie: str = ""
+    cookie_domain: str = ""
+    timeout: float = field(default=3.0, metadata=DURATION)
+    rate_limit_header: str = ""
+
+
+@dataclass(frozen=True)
+class SessionCacheSettings:
+    ttl: float = field(default=10.0, metadata=DURATION)
+    negative_ttl: float = field(default=2.0, metadata=DURATION)
+    max_entries: int = 10000
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    enabled: bool = True
+    ttl: float = field(default=60.0, metadata=DURATION)
+    issuer: str = ""
+    audience: str = ""
+    keys_file: str = ""
+    keep_client_authorization: bool = False
+    claims: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    allowed_origins: tuple[str, ...] = ()
+    additional_headers: tuple[str, ...] = ()
+    max_age: float = field(default=600.0, metadata=DURATION)
+
+
+@dataclass(frozen=True)
+class DecisionsSettings:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One `[[protect]]` or `[[public]]` entry: exactly one of the three matchers."""
+
+    prefix: str = ""
+    glob: str = ""
+    regex: str = ""
+    methods: tuple[str, ...] = ()
+    aal: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    ory: OrySettings = field(default_factory=OrySettings)
+    session_cache: SessionCacheSettings = field(default_factory=SessionCacheSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    decisions: DecisionsSettings = field(default_factory=DecisionsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    protect: tuple[Rule, ...] = ()
+    public: tuple[Rule, ...] = ()
+
+    @property
+    def ory_url(self) -> str:
+        """Kratos' public API: `sdk_url`, or the Ory Network URL of `project`."""
+        if self.ory.sdk_url:
+            return self.ory.sdk_url.rstrip("/")
+        if self.ory.project:
+            return f"https://{self.ory.project}.projects.oryapis.com"
+        return ""
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("protect", "public")
+}
+RULE_LISTS = ("protect", "public")
+RULE_KEYS = tuple(f.name for f in dataclasses.fields(Rule))
+
+# Env names Ory's own tools use, mapped to our keys.
+ORY_ENV = {
+    "ORY_SDK_URL": ("ory", "sdk_url"),
+    "ORY_PROJECT": ("ory", "project"),
+    "ORY_PROJECT_API_KEY": ("ory", "api_key"),
+    "ORY_RATE_LIMIT_HEADER": ("ory", "rate_limit_header"),
+    "PORT": ("server", "port"),
+}
+SECRET_KEYS = {("ory", "api_key")}
+LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+AALS = ("aal1", "aal2", "aal3")
+METHOD_RE = re.compile(r"^[A-Z]+$")
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+class Value(NamedTuple):
+    source: str  # the file, env var or override that set it
+    raw: Any
+    textual: bool  # env vars and CLI strings: "true", "1,2", "30" are parsed
+
+
+Layer = dict[str, dict[str, Value]]
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from a TOML file, the environment and overrides."""
+    env = os.environ if env is None else env
+    layers: list[tuple[str, Layer]] = []
+    if path is not None:
+        layers.append((str(path), _read_toml(str(path))))
+    layers.append(("environment", _env_layer(env)))
+    if overrides:
+        layers.append(("overrides", _override_layer(overrides)))
+
+    merged: Layer = {}
+    rules: dict[str, Any] = {}
+    for source, layer in layers:
+        for name in RULE_LISTS:
+            if name in layer:
+                rules[name] = (source, layer.pop(name))
+        ory = layer.get("ory", {})
+        if _set(ory, "sdk_url") and _set(ory, "project"):
+            hint = "ORY_SDK_URL and ORY_PROJECT" if source == "environment" else "them"
+            raise ConfigError(f"{source}: [ory] sdk_url and project are both set: set one of {hint}")
+        for section, values in layer.items():
+            target = merged.setdefault(section, {})
+            target.update(values)
+            # A higher layer naming one way to reach Ory replaces the other.
+            if section == "ory" and (_set(values, "sdk_url") or _set(values, "project")):
+                target.pop("project" if _set(values, "sdk_url") else "sdk_url", None)
+    return _build(merged, rules)
+
+
+def _set(values: Mapping[str, Value], key: str) -> bool:
+    return key in values and bool(values[key].raw)
+
+
+def _read_toml(path: str) -> Layer:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    layer: Layer = {}
+    for section, values in data.items():
+        if section in RULE_LISTS:
+            if not isinstance(values, list):
+                raise ConfigError(f"{path}: [[{section}]] must be an array of tables")
+            layer[section] = values  # type: ignore[assignment]
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]{_suggest(section, _roots())}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section} must be a table, [{section}]")
+        layer[section] = {key: Value(path, value, False) for key, value in values.items()}
+    return layer
+
+
+def _env_layer(env: Mapping[str, str]) -> Layer:
+    layer: Layer = {}
+    for name, (section, key) in ORY_ENV.items():
+        if env.get(name):
+            layer.setdefault(section, {})[key] = Value(name, env[name], True)
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"ORY_WSGI_{section}_{f.name}".upper()
+            if name in env:
+                layer.setdefault(section, {})[f.name] = Value(name, env[name], True)
+    return layer
+
+
+def _override_layer(overrides: Mapping[str, Any]) -> Layer:
+    owners: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(section)
+    layer: Layer = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in RULE_LISTS:
+            layer[key] = list(value)  # type: ignore[assignment]
+        elif key in SECTIONS and isinstance(value, Mapping):
+            for sub, sub_value in value.items():
+                source = f"override {key}.{sub}"
+                layer.setdefault(key, {})[sub] = Value(source, sub_value, False)
+        elif len(owners.get(key, ())) == 1:
+            section = owners[key][0]
+            layer.setdefault(section, {})[key] = Value(f"override {key}", value, False)
+        elif key in owners:
+            choices = " or ".join(f"{s}={{{key!r}: ...}}" for s in owners[key])
+            raise ConfigError(f"overrides: {key} is ambiguous: pass {choices}")
+        else:
+            known = sorted(owners) + sorted(SECTIONS) + list(RULE_LISTS)
+            raise ConfigError(f"overrides: unknown setting {key}{_suggest(key, known)}")
+    return layer
+
+
+def _build(merged: Layer, rules: Mapping[str, Any]) -> Settings:
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in merged.get(section, {}).items():
+            if key not in fields:
+                raise ConfigError(
+                    f"{value.source}: unknown key [{section}] {key}{_suggest(key, list(fields))}"
+                )
+            values[key] = _coerce(value, section, fields[key])
+        sections[section] = cls(**values)
+    built_rules = {
+        name: _build_rules(source, name, raw) for name, (source, raw) in rules.items()
+    }
+    settings = Settings(**sections, **built_rules)
+    _validate(settings, merged)
+    return settings
+
+
+def _coerce(value: Value, section: str, f: dataclasses.Field[Any]) -> Any:
+    where = f"{value.source}: [{section}] {f.name}"
+    kind = str(f.type)
+    raw, from_env = value.raw, value.textual and isinstance(value.raw, str)
+    if f.metadata.get("duration"):
+        return parse_duration(raw, where)
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str) and raw.lower() in _BOOLS:
+            return _BOOLS[raw.lower()]
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if kind == "int":
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        if isinstance(raw, str) and from_env and raw.strip().isdigit():
+            return int(raw)
+        raise ConfigError(f"{where}: expected a whole number >= 0, got {raw!r}")
+    if kind == "str":
+        if isinstance(raw, str):
+            return raw.strip()
+        raise ConfigError(f"{where}: expected a string, got {raw!r}")
+    if kind.startswith("tuple"):
+        if isinstance(raw, str) and from_env:
+            raw = [part for part in (p.strip() for p in raw.split(",")) if part]
+        if isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+            return tuple(item.strip() for item in raw)
+        raise ConfigError(f"{where}: expected a list of strings, got {raw!r}")
+    if kind.startswith("Mapping"):
+        if isinstance(raw, Mapping) and all(isinstance(v, str) for v in raw.values()):
+            return dict(raw)
+        raise ConfigError(f"{where}: expected a table of strings, got {raw!r}")
+    raise AssertionError(f"no coercion for {kind}")  # pragma: no cover
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def parse_duration(raw: Any, where: str) -> float:
+    """`"60s"`, `"5m"`, `"1h"`, `"250ms"`, or a number of seconds."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    elif isinstance(raw, str) and (match := DURATION_RE.match(raw)):
+        seconds = float(match.group(1)) * DURATION_UNITS[match.group(2)]
+    else:
+        raise ConfigError(f'{where}: expected a duration like "60s", "5m" or seconds, got {raw!r}')
+    if seconds < 0:
+        raise ConfigError(f"{where}: a duration cannot be negative, got {raw!r}")
+    return seconds
+
+
+def _build_rules(source: str, name: str, raw: Any) -> tuple[Rule, ...]:
+    rules = []
+    for index, entry in enumerate(raw):
+        where = f"{source}: [[{name}]] #{index + 1}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {entry!r}")
+        for key in entry:
+            if key not in RULE_KEYS:
+                raise ConfigError(f"{where}: unknown key {key}{_suggest(key, list(RULE_KEYS))}")
+        matchers = [key for key in ("prefix", "glob", "regex") if entry.get(key)]
+        if len(matchers) != 1:
+            raise ConfigError(f"{where}: set exactly one of prefix, glob or regex")
+        for key in ("prefix", "glob", "regex", "aal"):
+            if key in entry and not isinstance(entry[key], str):
+                raise ConfigError(f"{where}: {key} must be a string, got {entry[key]!r}")
+        methods = entry.get("methods", [])
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise ConfigError(f"{where}: methods must be a list of strings")
+        methods = [m.upper() for m in methods]
+        for method in methods:
+            if not METHOD_RE.match(method):
+                raise ConfigError(f"{where}: methods: not an HTTP method: {method!r}")
+        rule = Rule(
+            prefix=entry.get("prefix", ""),
+            glob=entry.get("glob", ""),
+            regex=entry.get("regex", ""),
+            methods=tuple(methods),
+            aal=entry.get("aal", ""),
+        )
+        if (rule.prefix or rule.glob) and not (rule.prefix or rule.glob).startswith("/"):
+            raise ConfigError(f"{where}: {matchers[0]} must start with '/'")
+        if rule.regex:
+            try:
+                re.compile(rule.regex)
+            except re.error as exc:
+                raise ConfigError(f"{where}: regex is invalid: {exc}") from None
+        if rule.aal and rule.aal not in AALS:
+            raise ConfigError(f"{where}: aal must be one of {', '.join(AALS)}, got {rule.aal!r}")
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _validate(settings: Settings, merged: Layer) -> None:
+    def where(section: str, key: str) -> str:
+        value = merged.get(section, {}).get(key)
+        return f"{value.source if value else 'defaults'}: [{section}] {key}"
+
+    proxy = settings.proxy
+    if proxy.upstream:
+        _check_origin(proxy.upstream, where("proxy", "upstream"))
+    if proxy.public_url:
+        _check_origin(proxy.public_url, where("proxy", "public_url"))
+    if proxy.default_redirect_url:
+        _check_url(proxy.default_redirect_url, where("proxy", "default_redirect_url"))
+    for cidr in proxy.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{where('proxy', 'trusted_proxies')}: not an IP network: {cidr!r}"
+            ) from None
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError(f"{where('server', 'port')}: not a port: {settings.server.port}")
+    if settings.ory.sdk_url:
+        _check_origin(settings.ory.sdk_url, where("ory", "sdk_url"), allow_path=True)
+    if settings.ory.project and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", settings.ory.project):
+        raise ConfigError(
+            f"{where('ory', 'project')}: not a project slug: {settings.ory.project!r}"
+        )
+    if settings.log.format not in LOG_FORMATS:
+        raise ConfigError(f"{where('log', 'format')}: must be json or text")
+    if settings.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"{where('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
+    if settings.session_cache.max_entries < 1:
+        raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
+
+
+def _check_url(value: str, where: str) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a URL: {value!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: not an http(s) URL: {value!r}")
+
+
+def _check_origin(value: str, where: str, allow_path: bool = False) -> None:
+    _check_url(value, where)
+    parts = urlsplit(value)
+    if not allow_path and parts.path not in ("", "/"):
+        raise ConfigError(f"{where}: must not have a path, got {parts.path!r} in {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{where}: must be scheme://host[:port] only, got {value!r}")
+
+
+def _roots() -> list[str]:
+    return list(SECTIONS) + list(RULE_LISTS)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The merged settings as plain data, secrets masked (for `check-config`)."""
+    data = dataclasses.asdict(settings)
+    for section, key in SECRET_KEYS:
+        if data[section][key]:
+            data[section][key] = "********"
+    return data

@@ -1,0 +1,63 @@
+"""Fixtures that start real servers: the test upstream, and the proxy under gunicorn."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servers import Gunicorn, ThreadedServer
+from upstream_app import app as upstream_wsgi
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[ThreadedServer]:
+    """The test application (tests/upstream_app.py) on a werkzeug server."""
+    server = ThreadedServer(upstream_wsgi)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream_gunicorn() -> Iterator[Gunicorn]:
+    """The test application under gunicorn, in its own process."""
+    server = Gunicorn("upstream_app:app", threads=8)
+    yield server
+    server.stop()
+
+
+ProxyFactory = Callable[..., Gunicorn]
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
+    """Start the proxy under gunicorn with a TOML config: start_proxy(toml_text, **kwargs)."""
+    started: list[Gunicorn] = []
+
+    def start(config: str, *args: str, **kwargs: Any) -> Gunicorn:
+        path = tmp_path / f"ory-{len(started)}.toml"
+        path.write_text(config)
+        kwargs.setdefault("cwd", tmp_path)
+        server = Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(upstream_gunicorn: Gunicorn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    """One shared proxy (2 gthread workers) in front of the gunicorn upstream."""
+    directory = tmp_path_factory.mktemp("proxy")
+    path = directory / "ory.toml"
+    path.write_text(
+        f'[proxy]\nupstream = "{upstream_gunicorn.url}"\n'
+        'public_url = "https://app.example.com"\nread_timeout = "3s"\n'
+    )
+    server = Gunicorn(f'ory_wsgi:make_app("{path}")', workers=2, cwd=directory)
+    yield server
+    server.stop()
