@@ -31,6 +31,8 @@ def echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")
     remaining = int(length) if length else None
+    if remaining is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", ""):
+        remaining = 0  # no body; werkzeug's raw input would block until the peer closes
     while remaining is None or remaining > 0:
         data = stream.read(65536 if remaining is None else min(65536, remaining))
         if not data:
@@ -132,9 +134,43 @@ def stall(environ: Environ, start_response: Any) -> Iterator[bytes]:
     yield b"late part\n"
 
 
+def peer(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """The proxy's side of the connection, to count the connections it opens."""
+    return _json(
+        start_response,
+        {"addr": environ.get("REMOTE_ADDR"), "port": str(environ.get("REMOTE_PORT"))},
+    )
+
+
+# /endless streams until its client leaves; how each stream ended, by token
+# (only readable when this module serves in the test process).
+ENDLESS_ENDINGS: dict[str, str] = {}
+
+
+def endless(environ: Environ, start_response: Any) -> Iterator[bytes]:
+    """Streams forever in small pieces; records when the proxy hangs up."""
+    token = _query(environ).get("token", "")
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    ENDLESS_ENDINGS[token] = "streaming"
+    try:
+        while True:
+            yield b"y" * 16384
+            time.sleep(0.005)
+    finally:
+        ENDLESS_ENDINGS[token] = "closed"
+
+
+def cut(environ: Environ, start_response: Any) -> Iterator[bytes]:
+    """Promises a length and stops short: the upstream breaks the connection mid-body."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "1000")])
+    yield b"only part of it\n"
+    raise ConnectionAbortedError("the upstream gives up mid-body")
+
+
 ROUTES = {
     "/sse": sse, "/big": big, "/slow": slow, "/redirect": redirect, "/cookies": cookies,
     "/hop": hop, "/gzip": gzipped, "/status": status, "/hello": head_aware, "/stall": stall,
+    "/peer": peer, "/endless": endless, "/cut": cut,
 }
 
 

@@ -1,0 +1,122 @@
+"""The ory-wsgi command, run as a user would: real processes on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from servers import ROOT, ThreadedServer, free_port, wait_for_port
+
+CLI = [sys.executable, "-m", "ory_wsgi.cli"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=30,
+        env={**os.environ, **(env or {})}, cwd=ROOT,
+    )
+
+
+class Background:
+    def __init__(self, *args: str, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True
+        )
+        wait_for_port(port, process=self.process)
+
+    def stop(self) -> str:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=10)
+        return output
+
+
+@pytest.fixture
+def dev_proxy(upstream: ThreadedServer) -> Iterator[Background]:
+    port = free_port()
+    server = Background("run", upstream.url, "--port", str(port), "--no-reload", port=port)
+    yield server
+    server.stop()
+
+
+def test_run_proxies_to_the_upstream_on_the_dev_server(dev_proxy: Background) -> None:
+    answer = requests.get(f"{dev_proxy.url}/some/path?q=1", timeout=5)
+    assert answer.status_code == 200
+    assert answer.json()["raw_uri"] == "/some/path?q=1"
+
+
+def test_run_drops_client_authorization_on_the_dev_server(dev_proxy: Background) -> None:
+    answer = requests.get(f"{dev_proxy.url}/x", headers={"Authorization": "Bearer forged"}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]
+
+
+def test_run_reports_a_bad_setting_in_one_line_and_exits_2() -> None:
+    result = run_cli("run", "not a url", "--no-reload")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "[proxy] upstream" in lines[0]
+
+
+def test_run_without_an_upstream_says_how_to_set_one() -> None:
+    result = run_cli("run", "--no-reload", env={"ORY_WSGI_PROXY_UPSTREAM": ""})
+    assert result.returncode == 2
+    assert "upstream" in result.stderr and "\n" not in result.stderr.strip()
+
+
+def test_check_config_prints_merged_settings_with_secrets_masked(tmp_path: Path) -> None:
+    config = tmp_path / "ory.toml"
+    config.write_text('[proxy]\nupstream = "http://127.0.0.1:3000"\n[ory]\napi_key = "ory_pat_secret"\n')
+    result = run_cli("check-config", "-c", str(config), env={"ORY_WSGI_JWT_TTL": "30s"})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["proxy"]["upstream"] == "http://127.0.0.1:3000"
+    assert data["jwt"]["ttl"] == 30.0
+    assert "ory_pat_secret" not in result.stdout
+
+
+def test_check_config_names_file_key_and_typo(tmp_path: Path) -> None:
+    config = tmp_path / "ory.toml"
+    config.write_text('[proxy]\nupstreem = "http://127.0.0.1:3000"\n')
+    result = run_cli("check-config", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"ory-wsgi: {config}: unknown key [proxy] upstreem (did you mean upstream?)"
+    )
+
+
+def test_help_lists_every_run_flag_of_the_spec() -> None:
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    for flag in ("--port", "--host", "--sdk-url", "--project", "--config", "--cookie-domain",
+                 "--no-jwt", "--protect-path-prefix", "--allowed-cors-origins",
+                 "--additional-cors-headers", "--default-redirect-url", "--rewrite-host",
+                 "--open", "--debug", "--quiet", "--reload"):
+        assert flag in result.stdout
+
+
+def test_bin_ory_wsgi_runs_from_a_checkout() -> None:
+    result = subprocess.run([str(ROOT / "bin" / "ory-wsgi"), "--version"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ory-wsgi ")
+
+
+def test_demo_serves_the_sample_app_through_the_proxy() -> None:
+    port = free_port()
+    demo = Background("demo", "--port", str(port), port=port)
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/", headers={"Accept": "text/html"}, timeout=5)
+        assert answer.status_code == 200
+        assert "The sample app behind ory_wsgi" in answer.text
+        assert "X-Forwarded-For: 127.0.0.1" in answer.text
+    finally:
+        demo.stop()
