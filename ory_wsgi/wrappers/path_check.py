@@ -1,0 +1,56 @@
+"""Normalise the request path once, refuse spellings that could hide a protected path.
+
+    app = PathCheck(app, rules)
+
+Sets `environ["ory.target"]` (the normalised path and the query, what the
+forwarder sends), `environ["ory.match_path"]` and `environ["ory.rule"]` (the
+protect rule that governs the request, or None). The path is always read
+from the request line, never from a header.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from ory_wsgi.answers import error_answer
+from ory_wsgi.errors import BadRequest
+from ory_wsgi.forwarder import request_target
+from ory_wsgi.paths import PathRules, lenient_match_paths, normalise_path
+from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("ory_wsgi.protect")
+
+
+class PathCheck:
+    def __init__(self, app: WSGIApplication, rules: PathRules) -> None:
+        self.app = app
+        self.rules = rules
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            target = request_target(environ)
+            raw_path, _, query = target.partition("?")
+            normalised = normalise_path(raw_path)
+            if normalised.suspicious and self.rules.near_protected(
+                normalised.match, *lenient_match_paths(normalised.path)
+            ):
+                raise BadRequest("the path has an encoded '/', '\\', '#' or NUL")
+        except BadRequest as exc:
+            log.warning("bad_request: %s: %r", exc, environ.get("RAW_URI", "")[:200])
+            environ["ory.error"] = "bad_request"
+            return error_answer(environ, start_response, 400, f"Malformed request: {exc}.")
+        environ["ory.target"] = normalised.path + (f"?{query}" if query else "")
+        environ["ory.match_path"] = normalised.match
+        environ["ory.rule"] = self.rules.protected(normalised.match, environ["REQUEST_METHOD"])
+        return self.app(environ, start_response)
+
+
+def return_to_url(public_url: str, environ: WSGIEnvironment) -> str:
+    """The public URL of this request, built from the public URL, never from Host."""
+    target = environ.get("ory.target") or request_target(environ)
+    # A target can only be a path here; refuse anything that parses as another origin.
+    if urlsplit(target).netloc or not target.startswith("/") or target.startswith("//"):
+        target = "/"
+    return public_url + target

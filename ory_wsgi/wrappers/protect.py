@@ -1,0 +1,97 @@
+"""Enforce `[[protect]]`: a protected path is served only with a good enough session.
+
+    app = Protect(app, public_url="https://app.example.com")
+
+Runs after the session lookup. No session: a browser navigating is sent to
+Ory's login (303, `return_to` = this page); any other client gets 401 in
+Kratos' error envelope. Session below the rule's `aal`: the same with
+`aal=aal2`, or 403. Ory unreachable: 503 with `Retry-After` (fail closed);
+Ory rate-limiting: 429 passed on. CORS preflights never get here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from urllib.parse import quote
+
+from ory_wsgi.answers import error_answer, wants_html
+from ory_wsgi.paths import CompiledRule
+from ory_wsgi.wrappers.path_check import return_to_url
+from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("ory_wsgi.protect")
+
+AAL_RANK = {"aal0": 0, "aal1": 1, "aal2": 2, "aal3": 3}
+
+
+class Protect:
+    def __init__(self, app: WSGIApplication, public_url: str) -> None:
+        self.app = app
+        self.public_url = public_url.rstrip("/")
+        self.login_url = f"{self.public_url}/.ory/self-service/login/browser"
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        rule: CompiledRule | None = environ.get("ory.rule")
+        if rule is None:
+            return self.app(environ, start_response)
+        session = environ.get("ory.session")
+        error = environ.get("ory.error")
+        if session is not None:
+            needed = rule.rule.aal
+            have = session.get("authenticator_assurance_level", "aal1")
+            if not needed or AAL_RANK.get(have, 0) >= AAL_RANK[needed]:
+                environ["ory.decision"] = "allow"
+                return self.app(environ, start_response)
+            return self._step_up(environ, start_response, needed)
+        if error == "rate_limited":
+            environ["ory.decision"] = "rate_limited"
+            retry = environ.get("ory.retry_after") or "1"
+            return error_answer(
+                environ, start_response, 429, "Too many requests, try again later.",
+                headers=[("Retry-After", retry)],
+            )
+        if error:
+            environ["ory.decision"] = "unavailable"
+            log.error("ory_unavailable: refusing protected path %s", environ.get("ory.match_path"))
+            return error_answer(
+                environ, start_response, 503,
+                "The login service is unavailable, try again shortly.",
+                headers=[("Retry-After", "5")],
+            )
+        if environ.get("ory.aal_required"):
+            return self._step_up(environ, start_response, "aal2")
+        environ["ory.decision"] = "login"
+        if _navigating(environ):
+            return self._redirect(environ, start_response, "")
+        return error_answer(
+            environ, start_response, 401, "The request could not be authorized",
+            headers=[("WWW-Authenticate", "Bearer")], force_json=True,
+        )
+
+    def _step_up(
+        self, environ: WSGIEnvironment, start_response: StartResponse, aal: str
+    ) -> Iterable[bytes]:
+        environ["ory.decision"] = "step_up"
+        if _navigating(environ):
+            return self._redirect(environ, start_response, aal)
+        return error_answer(
+            environ, start_response, 403,
+            f"This page needs a session with authenticator assurance level {aal}.",
+            error_id="session_aal2_required", force_json=True,
+        )
+
+    def _redirect(
+        self, environ: WSGIEnvironment, start_response: StartResponse, aal: str
+    ) -> Iterable[bytes]:
+        return_to = quote(return_to_url(self.public_url, environ), safe="")
+        location = f"{self.login_url}?" + (f"aal={aal}&" if aal else "") + f"return_to={return_to}"
+        start_response(
+            "303 See Other",
+            [("Location", location), ("Content-Length", "0"), ("Cache-Control", "no-store")],
+        )
+        return []
+
+
+def _navigating(environ: WSGIEnvironment) -> bool:
+    return environ.get("REQUEST_METHOD") in ("GET", "HEAD") and wants_html(environ)
