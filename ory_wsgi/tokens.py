@@ -1,0 +1,160 @@
+"""Session → JWT: mint ES256 tokens of Ory sessions, cached per worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from joserfc import jwt
+from joserfc.jws import JWSRegistry
+
+from ory_wsgi.errors import ConfigError
+from ory_wsgi.keys import ALGORITHM, KeySet
+
+RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "session"})
+# A cached token is handed out until this share of its life has passed, so
+# the app never receives one about to expire.
+REUSE_FRACTION = 0.9
+# Fields whose change means the token's content is stale: a step-up (aal,
+# authenticated_at), an extended session (expires_at), edited traits (updated_at).
+FINGERPRINT_PATHS = (
+    ("authenticated_at",),
+    ("authenticator_assurance_level",),
+    ("expires_at",),
+    ("identity", "id"),
+    ("identity", "updated_at"),
+)
+
+
+class CachedToken(NamedTuple):
+    fingerprint: tuple[Any, ...]
+    kid: str
+    token: str
+    reuse_until: float
+
+
+class TokenMinter:
+    """Turns a whoami session into a signed JWT for the upstream.
+
+    Built once per worker; `mint` is safe to call from many threads.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet,
+        issuer: str,
+        audience: str = "",
+        ttl: float = 60.0,
+        claims: Mapping[str, str] | None = None,
+        cache_size: int = 10000,
+    ) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self.extra_claims = _split_claim_paths(claims or {})
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, CachedToken] = OrderedDict()
+        self._cache_kid = keys.signing_kid
+        self._lock = threading.Lock()
+        self._registry = JWSRegistry(algorithms=[ALGORITHM])
+
+    def mint(self, session: Mapping[str, Any]) -> str:
+        """An ES256 JWT of `session`, from the cache while it is fresh enough."""
+        self.keys.reload_if_changed()
+        material = self.keys.material
+        if material.kid != self._cache_kid:
+            with self._lock:
+                self._cache.clear()
+                self._cache_kid = material.kid
+        session_id = session.get("id")
+        if not isinstance(session_id, str) or self.cache_size <= 0:
+            return self._sign(session, material.kid, material.signing_key)[0]
+        fingerprint = tuple(_lookup(session, path) for path in FINGERPRINT_PATHS)
+        with self._lock:
+            cached = self._cache.get(session_id)
+            if (
+                cached is not None
+                and cached.fingerprint == fingerprint
+                and cached.kid == material.kid
+                and time.time() < cached.reuse_until
+            ):
+                self._cache.move_to_end(session_id)
+                return cached.token
+        token, reuse_until = self._sign(session, material.kid, material.signing_key)
+        with self._lock:
+            self._cache[session_id] = CachedToken(fingerprint, material.kid, token, reuse_until)
+            self._cache.move_to_end(session_id)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return token
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cache)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the cached token of a session (after a logout)."""
+        with self._lock:
+            self._cache.pop(session_id, None)
+
+    def _sign(self, session: Mapping[str, Any], kid: str, key: Any) -> tuple[str, float]:
+        now = time.time()
+        issued_at = int(now)
+        expires = issued_at + int(self.ttl)
+        session_end = _parse_time(session.get("expires_at"))
+        if session_end is not None:
+            expires = max(issued_at, min(expires, int(session_end)))
+        claims: dict[str, Any] = {}
+        for name, path in self.extra_claims:
+            value = _lookup(session, path)
+            if value is not None:
+                claims[name] = value
+        claims.update(
+            iss=self.issuer,
+            sub=_lookup(session, ("identity", "id")),
+            iat=issued_at,
+            nbf=issued_at,
+            exp=expires,
+            jti=str(uuid.uuid4()),
+            session=session,
+        )
+        if self.audience:
+            claims["aud"] = self.audience
+        header = {"alg": ALGORITHM, "kid": kid}
+        token = jwt.encode(header, claims, key, registry=self._registry)
+        return token, issued_at + (expires - issued_at) * REUSE_FRACTION
+
+
+def _split_claim_paths(claims: Mapping[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    for name in claims:
+        if name in RESERVED_CLAIMS:
+            raise ConfigError(f"[jwt.claims] {name}: a reserved claim, the proxy sets it")
+    return tuple((name, tuple(path.split("."))) for name, path in claims.items())
+
+
+def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = document
+    for part in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _parse_time(value: Any) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time as Kratos writes it; None if absent."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
