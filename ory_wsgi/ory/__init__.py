@@ -1,0 +1,1 @@
+"""Everything that speaks to Ory: the whoami and logout calls, and the session cache."""
