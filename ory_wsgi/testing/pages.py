@@ -1,0 +1,100 @@
+"""Plain HTML pages of the stand-in's UI (no JavaScript): the flow forms, welcome and error."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from ory_wsgi.testing.documents import Document
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}"
+    "label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;box-sizing:border-box}"
+    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}pre{overflow:auto}"
+)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(title)}</title>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<style>{_STYLE}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+def _messages(messages: list[Document]) -> str:
+    return "".join(
+        f'<p class={escape(str(m.get("type", "info")))} data-id="{m.get("id", "")}">'
+        f"{escape(str(m.get('text', '')))}</p>\n"
+        for m in messages
+    )
+
+
+def _node(node: Document) -> str:
+    attributes: dict[str, Any] = node["attributes"]
+    name, input_type = attributes["name"], attributes["type"]
+    label = node.get("meta", {}).get("label", {}).get("text", name)
+    value = attributes.get("value")
+    if input_type == "submit":
+        return (
+            f'<button type=submit name="{escape(name)}" value="{escape(str(value or ""))}">'
+            f"{escape(label)}</button>\n"
+        )
+    value_html = f' value="{escape(str(value))}"' if value not in (None, "") else ""
+    required = " required" if attributes.get("required") else ""
+    autocomplete = attributes.get("autocomplete")
+    extra = f' autocomplete="{escape(autocomplete)}"' if autocomplete else ""
+    field = (
+        f'<input type="{escape(input_type)}" name="{escape(name)}"{value_html}{required}{extra}>'
+    )
+    if input_type == "hidden":
+        return field + "\n"
+    field_id = "field-" + name.replace(".", "-")
+    field = field.replace("<input ", f'<input id="{field_id}" ', 1)
+    return f'<label for="{field_id}">{escape(label)}</label>{field}\n' + _messages(node["messages"])
+
+
+def flow_page(title: str, flow: Document, links: list[tuple[str, str]]) -> str:
+    """A login or registration form that posts to the flow's ui.action."""
+    ui = flow["ui"]
+    fields = "".join(_node(node) for node in ui["nodes"])
+    form = (
+        f'<form method="{escape(ui["method"])}" action="{escape(ui["action"])}">\n{fields}</form>\n'
+    )
+    footer = "".join(
+        f'<p><a href="{escape(href)}">{escape(text)}</a></p>\n' for text, href in links
+    )
+    return _page(title, _messages(ui.get("messages", [])) + form + footer)
+
+
+def welcome_page(session: Document | None, links: list[tuple[str, str]]) -> str:
+    if session is None:
+        status = "<p>You are not signed in.</p>\n"
+    else:
+        email = session["identity"]["traits"].get("email", session["identity"]["id"])
+        status = (
+            f"<p>Signed in as <strong>{escape(str(email))}</strong> "
+            f"({escape(session['authenticator_assurance_level'])}).</p>\n"
+        )
+    footer = "".join(
+        f'<p><a href="{escape(href)}">{escape(text)}</a></p>\n' for text, href in links
+    )
+    return _page("Welcome", status + footer)
+
+
+def error_page(error: Document | None, home: str) -> str:
+    if error is None:
+        body = "<p>This error is unknown or has expired.</p>\n"
+    else:
+        detail = error.get("reason") or error.get("message", "")
+        body = (
+            f'<p class=error data-id="{escape(str(error.get("id", "")))}">'
+            f"{error.get('code', '')} {escape(str(error.get('status', '')))}: "
+            f"{escape(str(detail))}</p>\n"
+        )
+    return _page("Error", body + f'<p><a href="{escape(home)}">Back</a></p>\n')
+
+
+def notice_page(title: str, text: str, home: str) -> str:
+    return _page(title, f'<p>{escape(text)}</p>\n<p><a href="{escape(home)}">Back</a></p>\n')

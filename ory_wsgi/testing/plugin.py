@@ -1,0 +1,50 @@
+"""pytest plugin: the `fake_ory` fixture, a local Ory (Kratos) stand-in on a free port.
+
+Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
+runs for the whole test session; each test gets it empty (no identities, sessions, counters or
+faults) with its settings restored. Example, testing an app that sits behind the proxy::
+
+    import requests
+
+    def test_members_page_shows_the_user(fake_ory, proxy_url):
+        identity = fake_ory.add_identity("ada@example.com", "correct horse battery")
+        session, token = fake_ory.create_session(identity["id"])
+        answer = requests.get(f"{proxy_url}/members", cookies=fake_ory.cookies(token))
+        assert "ada@example.com" in answer.text
+        assert fake_ory.whoami_calls == 1
+
+    def test_app_survives_ory_outage(fake_ory, proxy_url):
+        fake_ory.fail_whoami(503)
+        ...
+
+`fake_ory.url` is the stand-in's URL (its Kratos public API); point the proxy's `ory.sdk_url`
+at it. Sessions are also usable with `X-Session-Token: <token>` or `Authorization: Bearer`.
+Like Kratos, it ignores a `return_to` outside its own base URL unless allowed: set
+`fake_ory.allowed_return_urls = ["http://127.0.0.1:<app port>"]` for login redirects to your app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ory_wsgi.testing.kratos import FakeKratos
+from ory_wsgi.testing.server import FakeKratosServer, serve
+
+
+@pytest.fixture(scope="session")
+def fake_ory_server() -> Iterator[FakeKratosServer]:
+    """The stand-in's server, started once per test session on a free loopback port."""
+    server = serve("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_ory(fake_ory_server: FakeKratosServer) -> Iterator[FakeKratos]:
+    """A local Kratos with nothing in it; `.url`, identities, sessions, counters, faults."""
+    kratos = fake_ory_server.kratos
+    kratos.reset()
+    yield kratos
+    kratos.reset()
