@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("upstream", nargs="?", help="the application's URL, e.g. http://127.0.0.1:3000")
+    run.add_argument(
+        "upstream", nargs="?", help="the application's URL, e.g. http://127.0.0.1:3000"
+    )
     run.add_argument(
         "public_url", nargs="?", help="where users reach the proxy (default http://localhost:PORT)"
     )

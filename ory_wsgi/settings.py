@@ -12,7 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -20,10 +20,6 @@ from urllib.parse import urlsplit
 
 from ory_wsgi.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DURATION = {"duration": True}
 
@@ -152,6 +148,7 @@ METHOD_RE = re.compile(r"^[A-Z]+$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
+
 class Value(NamedTuple):
     source: str  # the file, env var or override that set it
     raw: Any
@@ -184,7 +181,9 @@ def load_settings(
         ory = layer.get("ory", {})
         if _set(ory, "sdk_url") and _set(ory, "project"):
             hint = "ORY_SDK_URL and ORY_PROJECT" if source == "environment" else "them"
-            raise ConfigError(f"{source}: [ory] sdk_url and project are both set: set one of {hint}")
+            raise ConfigError(
+                f"{source}: [ory] sdk_url and project are both set: set one of {hint}"
+            )
         for section, values in layer.items():
             target = merged.setdefault(section, {})
             target.update(values)
@@ -275,7 +274,7 @@ def _build(merged: Layer, rules: Mapping[str, Any]) -> Settings:
                 )
             values[key] = _coerce(value, section, fields[key])
         sections[section] = cls(**values)
-    built_rules = {
+    built_rules: dict[str, Any] = {
         name: _build_rules(source, name, raw) for name, (source, raw) in rules.items()
     }
     settings = Settings(**sections, **built_rules)
@@ -318,8 +317,17 @@ def _coerce(value: Value, section: str, f: dataclasses.Field[Any]) -> Any:
     raise AssertionError(f"no coercion for {kind}")  # pragma: no cover
 
 
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False, "": False}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
 def parse_duration(raw: Any, where: str) -> float:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from servers import ROOT, ThreadedServer, free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "ory_wsgi.cli"]
@@ -19,8 +18,12 @@ CLI = [sys.executable, "-m", "ory_wsgi.cli"]
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=30,
-        env={**os.environ, **(env or {})}, cwd=ROOT,
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
     )
 
 
@@ -54,7 +57,9 @@ def test_run_proxies_to_the_upstream_on_the_dev_server(dev_proxy: Background) ->
 
 
 def test_run_drops_client_authorization_on_the_dev_server(dev_proxy: Background) -> None:
-    answer = requests.get(f"{dev_proxy.url}/x", headers={"Authorization": "Bearer forged"}, timeout=5)
+    answer = requests.get(
+        f"{dev_proxy.url}/x", headers={"Authorization": "Bearer forged"}, timeout=5
+    )
     assert "Authorization" not in answer.json()["headers"]
 
 
@@ -74,7 +79,9 @@ def test_run_without_an_upstream_says_how_to_set_one() -> None:
 
 def test_check_config_prints_merged_settings_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "ory.toml"
-    config.write_text('[proxy]\nupstream = "http://127.0.0.1:3000"\n[ory]\napi_key = "ory_pat_secret"\n')
+    config.write_text(
+        '[proxy]\nupstream = "http://127.0.0.1:3000"\n[ory]\napi_key = "ory_pat_secret"\n'
+    )
     result = run_cli("check-config", "-c", str(config), env={"ORY_WSGI_JWT_TTL": "30s"})
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -96,16 +103,31 @@ def test_check_config_names_file_key_and_typo(tmp_path: Path) -> None:
 def test_help_lists_every_run_flag_of_the_spec() -> None:
     result = run_cli("run", "--help")
     assert result.returncode == 0
-    for flag in ("--port", "--host", "--sdk-url", "--project", "--config", "--cookie-domain",
-                 "--no-jwt", "--protect-path-prefix", "--allowed-cors-origins",
-                 "--additional-cors-headers", "--default-redirect-url", "--rewrite-host",
-                 "--open", "--debug", "--quiet", "--reload"):
+    for flag in (
+        "--port",
+        "--host",
+        "--sdk-url",
+        "--project",
+        "--config",
+        "--cookie-domain",
+        "--no-jwt",
+        "--protect-path-prefix",
+        "--allowed-cors-origins",
+        "--additional-cors-headers",
+        "--default-redirect-url",
+        "--rewrite-host",
+        "--open",
+        "--debug",
+        "--quiet",
+        "--reload",
+    ):
         assert flag in result.stdout
 
 
 def test_bin_ory_wsgi_runs_from_a_checkout() -> None:
-    result = subprocess.run([str(ROOT / "bin" / "ory-wsgi"), "--version"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(ROOT / "bin" / "ory-wsgi"), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ory-wsgi ")
 
@@ -114,7 +136,9 @@ def test_demo_serves_the_sample_app_through_the_proxy() -> None:
     port = free_port()
     demo = Background("demo", "--port", str(port), port=port)
     try:
-        answer = requests.get(f"http://127.0.0.1:{port}/", headers={"Accept": "text/html"}, timeout=5)
+        answer = requests.get(
+            f"http://127.0.0.1:{port}/", headers={"Accept": "text/html"}, timeout=5
+        )
         assert answer.status_code == 200
         assert "The sample app behind ory_wsgi" in answer.text
         assert "X-Forwarded-For: 127.0.0.1" in answer.text

@@ -46,7 +46,9 @@ def test_match_path_ignores_case_params_and_trailing_dots(raw: str, match: str) 
     assert normalise_path(raw).match == match
 
 
-@pytest.mark.parametrize("raw", ["/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%23b", "/a%252f", "/%c0%af"])
+@pytest.mark.parametrize(
+    "raw", ["/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%23b", "/a%252f", "/%c0%af"]
+)
 def test_suspicious_spellings_are_flagged(raw: str) -> None:
     assert normalise_path(raw).suspicious
 
@@ -65,8 +67,12 @@ def test_lenient_paths_read_decoded_dot_segments_both_ways() -> None:
 
 
 RULES = PathRules(
-    [Rule(prefix="/members"), Rule(glob="/admin/**"), Rule(regex=r"^/api/v\d+/me"),
-     Rule(prefix="/write", methods=("POST",))],
+    [
+        Rule(prefix="/members"),
+        Rule(glob="/admin/**"),
+        Rule(regex=r"^/api/v\d+/me"),
+        Rule(prefix="/write", methods=("POST",)),
+    ],
     [Rule(prefix="/members/signup")],
 )
 
@@ -104,9 +110,41 @@ def test_glob_star_stays_within_one_segment() -> None:
     assert not rules.protected("/files/a/b/secret", "GET")
 
 
-TOKENS = ["/", "members", "MEMBERS", "Members", ".", "..", "%2e", "%2E", "%2e%2e", "%2f", "%2F",
-          "%252f", "%25", ";x=1", ";", "%00", "\\", "%5c", "a", "%61", "%6d", "%6D", "~", "%7e",
-          "%23", "%20", " ", "signup", "%c0%af", "%ef%bc%8f", "//", "./", "../"]
+TOKENS = [
+    "/",
+    "members",
+    "MEMBERS",
+    "Members",
+    ".",
+    "..",
+    "%2e",
+    "%2E",
+    "%2e%2e",
+    "%2f",
+    "%2F",
+    "%252f",
+    "%25",
+    ";x=1",
+    ";",
+    "%00",
+    "\\",
+    "%5c",
+    "a",
+    "%61",
+    "%6d",
+    "%6D",
+    "~",
+    "%7e",
+    "%23",
+    "%20",
+    " ",
+    "signup",
+    "%c0%af",
+    "%ef%bc%8f",
+    "//",
+    "./",
+    "../",
+]
 
 
 def app_views(path: str) -> tuple[str, str]:

@@ -35,9 +35,7 @@ DEFAULT_HEADERS = (
     "X-Request-Id",
 )
 EXPOSE_HEADERS = "Content-Length, Content-Type, X-Request-Id, Location, Retry-After"
-_UPSTREAM_CORS = frozenset(
-    {"access-control-allow-origin", "access-control-allow-credentials"}
-)
+_UPSTREAM_CORS = frozenset({"access-control-allow-origin", "access-control-allow-credentials"})
 _LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
 
@@ -46,12 +44,16 @@ class OriginPolicy:
 
     def __init__(self, allowed: Sequence[str]) -> None:
         self.any = "*" in allowed
-        self.exact = frozenset(origin.lower().rstrip("/") for origin in allowed if "*" not in origin)
-        patterns = [_wildcard_pattern(origin) for origin in allowed if "*" in origin and origin != "*"]
+        self.exact = frozenset(
+            origin.lower().rstrip("/") for origin in allowed if "*" not in origin
+        )
+        patterns = [
+            _wildcard_pattern(origin) for origin in allowed if "*" in origin and origin != "*"
+        ]
         self.pattern = re.compile("|".join(patterns)) if patterns else None
         if self.any:
             log.warning(
-                "cors: allowed_origins contains \"*\": every origin may call with credentials"
+                'cors: allowed_origins contains "*": every origin may call with credentials'
             )
 
     def allows(self, origin: str) -> bool:
@@ -98,9 +100,7 @@ class Cors:
     ) -> None:
         self.app = app
         origin = urlsplit(public_url)
-        self.policy = OriginPolicy(
-            list(allowed_origins) or [f"{origin.scheme}://{origin.netloc}"]
-        )
+        self.policy = OriginPolicy(list(allowed_origins) or [f"{origin.scheme}://{origin.netloc}"])
         headers = list(DEFAULT_HEADERS)
         headers += [h for h in additional_headers if h.lower() not in {d.lower() for d in headers}]
         self.preflight_headers = [
@@ -113,9 +113,12 @@ class Cors:
         ]
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        origin = environ.get("HTTP_ORIGIN")
+        origin: str = environ.get("HTTP_ORIGIN", "")
         allowed = bool(origin) and self.policy.allows(origin)
-        if environ["REQUEST_METHOD"] == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+        if (
+            environ["REQUEST_METHOD"] == "OPTIONS"
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
+        ):
             return self._preflight(environ, start_response, origin, allowed)
 
         def cors_start_response(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
@@ -133,19 +136,23 @@ class Cors:
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
-        origin: str | None,
+        origin: str,
         allowed: bool,
     ) -> Iterable[bytes]:
         environ["ory.decision"] = "preflight"
         if not allowed:
-            log.info("cors: preflight from a refused origin %r", (origin or "")[:100])
+            log.info("cors: preflight from a refused origin %r", origin[:100])
             return error_answer(
-                environ, start_response, 403, "This origin is not allowed.",
-                headers=[("Vary", "Origin")], force_json=True,
+                environ,
+                start_response,
+                403,
+                "This origin is not allowed.",
+                headers=[("Vary", "Origin")],
+                force_json=True,
             )
         start_response(
             "204 No Content",
-            [("Access-Control-Allow-Origin", str(origin)), *self.preflight_headers],
+            [("Access-Control-Allow-Origin", origin), *self.preflight_headers],
         )
         return []
 

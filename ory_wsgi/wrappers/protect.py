@@ -48,14 +48,19 @@ class Protect:
             environ["ory.decision"] = "rate_limited"
             retry = environ.get("ory.retry_after") or "1"
             return error_answer(
-                environ, start_response, 429, "Too many requests, try again later.",
+                environ,
+                start_response,
+                429,
+                "Too many requests, try again later.",
                 headers=[("Retry-After", retry)],
             )
         if error:
             environ["ory.decision"] = "unavailable"
             log.error("ory_unavailable: refusing protected path %s", environ.get("ory.match_path"))
             return error_answer(
-                environ, start_response, 503,
+                environ,
+                start_response,
+                503,
                 "The login service is unavailable, try again shortly.",
                 headers=[("Retry-After", "5")],
             )
@@ -65,8 +70,12 @@ class Protect:
         if _navigating(environ):
             return self._redirect(environ, start_response, "")
         return error_answer(
-            environ, start_response, 401, "The request could not be authorized",
-            headers=[("WWW-Authenticate", "Bearer")], force_json=True,
+            environ,
+            start_response,
+            401,
+            "The request could not be authorized",
+            headers=[("WWW-Authenticate", "Bearer")],
+            force_json=True,
         )
 
     def _step_up(
@@ -76,9 +85,12 @@ class Protect:
         if _navigating(environ):
             return self._redirect(environ, start_response, aal)
         return error_answer(
-            environ, start_response, 403,
+            environ,
+            start_response,
+            403,
             f"This page needs a session with authenticator assurance level {aal}.",
-            error_id="session_aal2_required", force_json=True,
+            error_id="session_aal2_required",
+            force_json=True,
         )
 
     def _redirect(
