@@ -42,10 +42,11 @@ def error_answer(
     *,
     error_id: str = "",
     headers: Sequence[tuple[str, str]] = (),
+    force_json: bool = False,
 ) -> Iterable[bytes]:
     """A short error page, JSON or HTML by Accept; never a traceback."""
     phrase = HTTPStatus(status).phrase
-    if wants_html(environ):
+    if not force_json and wants_html(environ):
         body = (
             f"<!doctype html><title>{status} {phrase}</title>"
             f"<h1>{status} {phrase}</h1><p>{html.escape(message)}</p>\n"

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
-from ory_wsgi.errors import ConfigError
+from ory_wsgi.errors import ConfigError, StartupConfigError
 from ory_wsgi.forwarder import Forwarder
+from ory_wsgi.keys import KeySet
 from ory_wsgi.logs import configure_logging
+from ory_wsgi.ory.cache import SessionCache
+from ory_wsgi.ory.client import OryClient, session_cookie_names
+from ory_wsgi.ory.rewrite import OryRewriter
+from ory_wsgi.paths import PathRules
+from ory_wsgi.proxy_endpoints import JwksEndpoint, LogoutEndpoint
 from ory_wsgi.settings import Settings, load_settings
+from ory_wsgi.tokens import TokenMinter
 from ory_wsgi.wrappers.access_log import AccessLog
-from ory_wsgi.wrappers.namespace import ProxyNamespace
+from ory_wsgi.wrappers.cors import Cors
+from ory_wsgi.wrappers.namespace import Handler, ProxyNamespace
+from ory_wsgi.wrappers.ory_route import OryForwarder, OryRoute
+from ory_wsgi.wrappers.path_check import PathCheck
+from ory_wsgi.wrappers.protect import Protect
+from ory_wsgi.wrappers.session import SessionLookup
+from ory_wsgi.wrappers.session_token import SessionToken
 from ory_wsgi.wsgi import WSGIApplication
+
+log = logging.getLogger("ory_wsgi")
 
 
 def make_app(config: str | os.PathLike[str] | None = None, **overrides: Any) -> WSGIApplication:
@@ -22,8 +39,12 @@ def make_app(config: str | os.PathLike[str] | None = None, **overrides: Any) -> 
     or a section: `jwt={"ttl": "30s"}`) and win over file and environment.
     Raises `ConfigError` with a one-line message for any bad setting.
     """
-    settings = load_settings(config, overrides=overrides)
-    return build_app(settings)
+    try:
+        return build_app(load_settings(config, overrides=overrides))
+    except StartupConfigError:
+        raise
+    except ConfigError as exc:
+        raise StartupConfigError(str(exc)) from None
 
 
 def public_url(settings: Settings) -> str:
@@ -31,24 +52,101 @@ def public_url(settings: Settings) -> str:
 
 
 def build_app(settings: Settings) -> WSGIApplication:
-    """The whole stack for already-loaded settings."""
+    """The whole stack for already-loaded settings, innermost layer first."""
     proxy = settings.proxy
     if not proxy.upstream:
         raise ConfigError(
             "[proxy] upstream is not set: name the application to protect, "
             'e.g. upstream = "http://127.0.0.1:3000" (or ORY_WSGI_PROXY_UPSTREAM)'
         )
-    if settings.protect:
-        raise ConfigError("[[protect]]: path protection is not available in this version yet")
     configure_logging(settings.log.format, settings.log.level)
+    public = public_url(settings)
     app: WSGIApplication = Forwarder(
         proxy.upstream,
-        public_url(settings),
+        public,
         rewrite_host=proxy.rewrite_host,
         trusted_proxies=proxy.trusted_proxies,
+        max_body_size=proxy.max_body_size,
         connect_timeout=proxy.connect_timeout,
         read_timeout=proxy.read_timeout,
-        max_body_size=proxy.max_body_size,
     )
-    app = ProxyNamespace(app)
+    routes: dict[str, Handler] = {}
+    ory_forwarder: OryForwarder | None = None
+    ory_url = settings.ory_url
+    if ory_url:
+        app, routes = _ory_layers(app, settings, public)
+        rewriter = OryRewriter(
+            ory_url,
+            public,
+            cookie_domain=settings.ory.cookie_domain,
+            default_redirect_url=proxy.default_redirect_url,
+        )
+        ory_forwarder = OryForwarder(
+            ory_url,
+            public,
+            rewriter,
+            api_key=settings.ory.api_key,
+            rate_limit_header=settings.ory.rate_limit_header,
+            session_cookie=settings.ory.session_cookie,
+            trusted_proxies=proxy.trusted_proxies,
+            max_body_size=proxy.max_body_size,
+            connect_timeout=proxy.connect_timeout,
+            read_timeout=proxy.read_timeout,
+        )
+    elif settings.protect:
+        raise ConfigError(
+            "[[protect]] needs Ory to check sessions: set [ory] sdk_url or project "
+            "(ORY_SDK_URL, ORY_PROJECT)"
+        )
+    else:
+        log.warning("no Ory URL set ([ory] sdk_url or project): every request is anonymous")
+    app = OryRoute(app, ory_forwarder, urlsplit(ory_url).path)
+    app = Cors(
+        app,
+        settings.cors.allowed_origins,
+        public,
+        settings.cors.additional_headers,
+        settings.cors.max_age,
+    )
+    app = ProxyNamespace(app, routes)
     return AccessLog(app)
+
+
+def _ory_layers(
+    app: WSGIApplication, settings: Settings, public: str
+) -> tuple[WSGIApplication, dict[str, Handler]]:
+    """Session lookup, protection and session → JWT around the forwarder, and their endpoints."""
+    jwt = settings.jwt
+    routes: dict[str, Handler] = {}
+    minter = None
+    if jwt.enabled:
+        keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
+        minter = TokenMinter(keys, jwt.issuer or public, jwt.audience, jwt.ttl, jwt.claims)
+        jwks = JwksEndpoint(keys)
+        routes["/.ory/jwks.json"] = jwks
+        routes["/.ory/proxy/jwks.json"] = jwks
+    app = SessionToken(app, minter, jwt.keep_client_authorization)
+    rules = PathRules(settings.protect, settings.public)
+    if rules:
+        app = Protect(app, public)
+    client = OryClient(
+        settings.ory_url,
+        timeout=settings.ory.timeout,
+        api_key=settings.ory.api_key,
+        base_url_rewrite=public + "/.ory",
+    )
+    cache = SessionCache(
+        settings.session_cache.ttl,
+        settings.session_cache.negative_ttl,
+        settings.session_cache.max_entries,
+    )
+    cookie_names = session_cookie_names(
+        settings.ory_url, settings.ory.project, settings.ory.session_cookie
+    )
+    app = SessionLookup(app, client, cache, cookie_names)
+    if rules:
+        app = PathCheck(app, rules)
+    routes["/.ory/proxy/logout"] = LogoutEndpoint(
+        client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/"
+    )
+    return app, routes

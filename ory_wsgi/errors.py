@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from gunicorn.errors import AppImportError
+
 
 class ConfigError(Exception):
     """A setting is wrong; the message is the one line shown to the operator."""
+
+
+class StartupConfigError(ConfigError, AppImportError):
+    """A ConfigError from `make_app`: gunicorn prints its one line and stops, no traceback."""
 
 
 class UpstreamError(Exception):

@@ -11,13 +11,14 @@ proxy variables from the environment or adds headers of its own.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -44,6 +45,22 @@ class ClientGone(Exception):
     """The client stopped sending its request body before the end."""
 
 
+class UpstreamCut(ConnectionResetError):
+    """The upstream's response stopped mid-body, after the client got the status line.
+
+    Nothing can be answered any more, so the client's stream is cut: this is a
+    ConnectionError on purpose, since gunicorn and werkzeug then drop the
+    client connection without the final chunk (the client sees a truncated
+    body, never a complete-looking one) and without a traceback; the
+    forwarder has logged the one line that explains it.
+    """
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(errno.ECONNRESET, f"{error.code}: {error}")
+        self.status = error.status
+        self.code = error.code
+
+
 class Forwarder:
     """Forward every request to `upstream`, streaming, over pooled connections.
 
@@ -64,6 +81,8 @@ class Forwarder:
         pool_size: int = 64,
     ) -> None:
         parts = urlsplit(upstream)
+        if not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {upstream!r}")
         secure = parts.scheme == "https"
         port = parts.port or (443 if secure else 80)
         pool_cls = HTTPSConnectionPool if secure else HTTPConnectionPool
@@ -93,9 +112,11 @@ class Forwarder:
         try:
             target = environ.get("ory.target") or request_target(environ)
             headers = upstream_headers(environ, self.trusted, self.upstream_host)
+            self.adjust_request_headers(environ, headers)
             body, chunked = self._request_body(environ, headers)
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
+            environ["ory.error"] = "bad_request"
             return error_answer(environ, start_response, 400, str(exc))
         except BodyTooLarge:
             return self._too_large(environ, start_response)
@@ -110,7 +131,7 @@ class Forwarder:
             log.info("client_gone: the client stopped sending its request body")
             return error_answer(environ, start_response, 400, "Incomplete request body.")
         except UpstreamError as exc:
-            log.error("%s: %s %s: %s", exc.code, method, target, exc)
+            log.error("%s: %s %s: %s", exc.code, method, _path_only(target), exc)
             environ["ory.error"] = exc.code
             message = (
                 "The application did not answer in time."
@@ -124,12 +145,27 @@ class Forwarder:
         for index, (name, value) in enumerate(out_headers):
             if name.lower() == "location":
                 out_headers[index] = (name, self.rewrite_location(value))
-        start_response(f"{response.status} {response.reason}", out_headers)
+        answer: Any = None
         if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
             response.drain_conn()
             response.release_conn()
-            return []
-        return UpstreamBody(response)
+        else:
+            answer = UpstreamBody(response, environ, method, target)
+        out_headers, answer = self.adjust_response(environ, out_headers, answer)
+        start_response(f"{response.status} {response.reason}", out_headers)
+        return [] if answer is None else answer
+
+    def adjust_request_headers(self, environ: WSGIEnvironment, headers: dict[str, str]) -> None:
+        """A subclass's chance to change what is sent upstream (the Ory route's headers)."""
+
+    def adjust_response(
+        self,
+        environ: WSGIEnvironment,
+        headers: list[tuple[str, str]],
+        body: Iterable[bytes] | None,
+    ) -> tuple[list[tuple[str, str]], Iterable[bytes] | None]:
+        """A subclass's chance to rewrite the answer (the Ory route's cookies and bodies)."""
+        return headers, body
 
     def rewrite_location(self, location: str) -> str:
         """A Location on the upstream's own origin points at the public URL instead."""
@@ -148,7 +184,7 @@ class Forwarder:
         body: Any,
         headers: dict[str, str],
         chunked: bool,
-    ) -> HTTPResponse:
+    ) -> BaseHTTPResponse:
         attempts = 2 if body is None and method in IDEMPOTENT else 1
         for attempt in range(attempts):
             try:
@@ -178,9 +214,7 @@ class Forwarder:
                 raise UpstreamError(_reason(exc)) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _request_body(
-        self, environ: WSGIEnvironment, headers: dict[str, str]
-    ) -> tuple[Any, bool]:
+    def _request_body(self, environ: WSGIEnvironment, headers: dict[str, str]) -> tuple[Any, bool]:
         if "User-Agent" not in headers:
             headers["User-Agent"] = SKIP_HEADER
         headers.setdefault("Accept-Encoding", SKIP_HEADER)
@@ -199,6 +233,7 @@ class Forwarder:
 
     def _too_large(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         log.warning("body_too_large: more than %d bytes", self.max_body_size)
+        environ["ory.error"] = "body_too_large"
         return error_answer(
             environ,
             start_response,
@@ -225,6 +260,11 @@ def request_target(environ: WSGIEnvironment) -> str:
     if "#" in raw:
         raw = raw.split("#", 1)[0]
     return str(raw)
+
+
+def _path_only(target: str) -> str:
+    """The target without its query, which may carry tokens: what error lines show."""
+    return target.split("?", 1)[0]
 
 
 def _reason(exc: BaseException) -> str:
@@ -278,24 +318,46 @@ class UpstreamBody:
     """The upstream's response body, handed on as it arrives.
 
     If the client goes away first, `close()` drops the upstream connection
-    instead of returning it to the pool with unread bytes in it.
+    instead of returning it to the pool with unread bytes in it. If the
+    upstream stops first (read timeout, connection lost), the client's stream
+    is cut with `UpstreamCut`.
     """
 
-    def __init__(self, response: HTTPResponse) -> None:
+    def __init__(
+        self, response: BaseHTTPResponse, environ: WSGIEnvironment, method: str, target: str
+    ) -> None:
         self.response = response
+        self.environ = environ
+        self.method = method
+        self.target = target
         self.done = False
 
     def __iter__(self) -> Iterator[bytes]:
         read1 = self.response.read1
+        sent = 0
         try:
             while True:
                 data = read1(CHUNK, decode_content=False)
                 if not data:
                     break
+                sent += len(data)
                 yield data
-        except (ReadTimeoutError, ProtocolError) as exc:
-            log.error("upstream_timeout: the response stopped mid-stream: %s", _reason(exc))
-            raise UpstreamTimeout("the response stopped mid-stream") from None
+        except (HTTPError, OSError) as exc:
+            error = (
+                UpstreamTimeout(_reason(exc))
+                if isinstance(exc, ReadTimeoutError)
+                else UpstreamError(_reason(exc))
+            )
+            log.error(
+                "%s: %s %s: the response stopped after %d bytes, the client's stream is cut: %s",
+                error.code,
+                self.method,
+                _path_only(self.target),
+                sent,
+                error,
+            )
+            self.environ["ory.error"] = error.code
+            raise UpstreamCut(error) from None
         self.done = True
 
     def close(self) -> None:

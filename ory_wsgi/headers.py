@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from collections.abc import Iterable
 
 from ory_wsgi.errors import BadRequest
@@ -39,6 +40,7 @@ _HANDLED = frozenset(
         "HTTP_FORWARDED",
         "HTTP_CONTENT_LENGTH",
         "HTTP_CONTENT_TYPE",
+        "HTTP_EXPECT",  # answered by the server in front; never forwarded
     }
     | {"HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP}
 )
@@ -87,6 +89,20 @@ def client_host(environ: dict[str, object]) -> str:
     return host
 
 
+def connection_scheme(environ: dict[str, object]) -> str:
+    """The scheme of the connection this proxy accepted, whatever the client claims.
+
+    gunicorn rewrites `wsgi.url_scheme` from X-Forwarded-Proto (and -Protocol,
+    -Ssl) for peers in its own `forwarded_allow_ips`, which holds 127.0.0.1 by
+    default: that must not bypass `trusted_proxies`, so under gunicorn the
+    socket itself says whether TLS was spoken.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        return "https" if isinstance(sock, ssl.SSLSocket) else "http"
+    return str(environ.get("wsgi.url_scheme") or "http")
+
+
 def upstream_headers(
     environ: dict[str, object],
     trusted: TrustedProxies,
@@ -114,7 +130,7 @@ def upstream_headers(
 
     host = client_host(environ)
     remote = str(environ.get("REMOTE_ADDR") or "")
-    scheme = str(environ.get("wsgi.url_scheme") or "http")
+    scheme = connection_scheme(environ)
     forwarded_for = remote
     forwarded_proto, forwarded_host = scheme, host
     forwarded = _forwarded_element(remote, host, scheme)

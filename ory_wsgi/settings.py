@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 
 from ory_wsgi.errors import ConfigError
 
-
 DURATION = {"duration": True}
 
 
@@ -131,6 +130,12 @@ SECTIONS: dict[str, type[Any]] = {
 }
 RULE_LISTS = ("protect", "public")
 RULE_KEYS = tuple(f.name for f in dataclasses.fields(Rule))
+# ORY_WSGI_<SECTION>_<KEY> -> (section, key)
+ENV_KEYS = {
+    f"ORY_WSGI_{section}_{f.name}".upper(): (section, f.name)
+    for section, cls in SECTIONS.items()
+    for f in dataclasses.fields(cls)
+}
 
 # Env names Ory's own tools use, mapped to our keys.
 ORY_ENV = {
@@ -140,6 +145,8 @@ ORY_ENV = {
     "ORY_RATE_LIMIT_HEADER": ("ory", "rate_limit_header"),
     "PORT": ("server", "port"),
 }
+# ORY_WSGI_* names that are not settings (read by the CLI).
+ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG"})
 SECRET_KEYS = {("ory", "api_key")}
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -180,9 +187,10 @@ def load_settings(
                 rules[name] = (source, layer.pop(name))
         ory = layer.get("ory", {})
         if _set(ory, "sdk_url") and _set(ory, "project"):
-            hint = "ORY_SDK_URL and ORY_PROJECT" if source == "environment" else "them"
+            names = sorted({ory["sdk_url"].source, ory["project"].source} - {source})
+            hint = f" ({' and '.join(names)})" if names else ""
             raise ConfigError(
-                f"{source}: [ory] sdk_url and project are both set: set one of {hint}"
+                f"{source}: [ory] sdk_url and project are both set{hint}: set only one of them"
             )
         for section, values in layer.items():
             target = merged.setdefault(section, {})
@@ -215,9 +223,13 @@ def _read_toml(path: str) -> Layer:
             layer[section] = values  # type: ignore[assignment]
             continue
         if section not in SECTIONS:
+            owners = _owners().get(section, [])
+            if owners and not isinstance(values, dict):
+                hint = f" (did you mean [{owners[0]}] {section}?)"
+                raise ConfigError(f"{path}: {section} must be set inside a section{hint}")
             raise ConfigError(f"{path}: unknown section [{section}]{_suggest(section, _roots())}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: {section} must be a table, [{section}]")
+            raise ConfigError(f"{path}: [{section}] must be a table, got {values!r}")
         layer[section] = {key: Value(path, value, False) for key, value in values.items()}
     return layer
 
@@ -227,19 +239,29 @@ def _env_layer(env: Mapping[str, str]) -> Layer:
     for name, (section, key) in ORY_ENV.items():
         if env.get(name):
             layer.setdefault(section, {})[key] = Value(name, env[name], True)
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            name = f"ORY_WSGI_{section}_{f.name}".upper()
-            if name in env:
-                layer.setdefault(section, {})[f.name] = Value(name, env[name], True)
+    for name, value in env.items():
+        if not name.startswith("ORY_WSGI_") or name in ENV_NOT_SETTINGS:
+            continue
+        if name not in ENV_KEYS:
+            # A typo here would otherwise be ignored without a word.
+            suggestion = _suggest(name, [*ENV_KEYS, *ENV_NOT_SETTINGS])
+            raise ConfigError(f"{name}: unknown setting in the environment{suggestion}")
+        section, key = ENV_KEYS[name]
+        layer.setdefault(section, {})[key] = Value(name, value, True)
     return layer
 
 
-def _override_layer(overrides: Mapping[str, Any]) -> Layer:
+def _owners() -> dict[str, list[str]]:
+    """Each key name, with the sections that have it."""
     owners: dict[str, list[str]] = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             owners.setdefault(f.name, []).append(section)
+    return owners
+
+
+def _override_layer(overrides: Mapping[str, Any]) -> Layer:
+    owners = _owners()
     layer: Layer = {}
     for key, value in overrides.items():
         if value is None:

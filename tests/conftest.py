@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
-from servers import Gunicorn, ThreadedServer
+from ory_flows import Start
+from ory_wsgi.testing import FakeKratos
+
+from ory_wsgi import make_app
+from servers import Gunicorn, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
 
@@ -61,3 +65,47 @@ def proxy(upstream_gunicorn: Gunicorn, tmp_path_factory: pytest.TempPathFactory)
     server = Gunicorn(f'ory_wsgi:make_app("{path}")', workers=2, cwd=directory)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def dev_proxy() -> Iterator[Callable[..., ThreadedServer]]:
+    """Start the proxy in this process under werkzeug's threaded server: dev_proxy(**overrides).
+
+    The keyword arguments go to `make_app` (TOML key names).
+    """
+    started: list[ThreadedServer] = []
+
+    def start(**overrides: Any) -> ThreadedServer:
+        server = ThreadedServer(make_app(**overrides), poll_interval=0.05)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def start_ory_proxy(
+    tmp_path: Path, upstream: ThreadedServer, fake_ory: FakeKratos
+) -> Iterator[Start]:
+    """start(extra_toml="", workers=1, threads=8) -> a proxy in front of `upstream` with Ory."""
+    started: list[Gunicorn] = []
+
+    def start(extra: str = "", workers: int = 1, threads: int = 8, port: int | None = None) -> Gunicorn:
+        port = port or free_port()
+        public = f"http://127.0.0.1:{port}"
+        fake_ory.allowed_return_urls = [public]
+        config = tmp_path / "ory.toml"
+        config.write_text(
+            f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{public}"\n'
+            f'[ory]\nsdk_url = "{fake_ory.url}"\n{extra}'
+        )
+        server = Gunicorn(f'ory_wsgi:make_app("{config}")', workers=workers, threads=threads,
+                          cwd=tmp_path, port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

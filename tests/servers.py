@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -40,8 +41,9 @@ class Gunicorn:
     """A gunicorn process serving `app_spec`; its stderr is kept for assertions."""
 
     def __init__(self, app_spec: str, *args: str, workers: int = 1, threads: int = 4,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115
@@ -79,11 +81,14 @@ class Gunicorn:
 class ThreadedServer:
     """A werkzeug server in a thread of the test process."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, poll_interval: float = 0.5) -> None:
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # poll_interval is how long stop() may wait for the serving loop to notice.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(poll_interval,), daemon=True
+        )
         self.thread.start()
 
     def stop(self) -> None:
@@ -103,3 +108,29 @@ def gunicorn(app_spec: str, *args: str, **kwargs: Any) -> Iterator[Gunicorn]:
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def worker_pids(master: int) -> list[int]:
+    """The pids of a gunicorn master's workers (its child processes)."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{master}/task").glob("*/children"):
+        pids += [int(pid) for pid in children.read_text().split()]
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of a process now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a server's log output, other lines skipped."""
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from ory_wsgi.demo import DEMO_EMAIL, DEMO_PASSWORD
 from servers import ROOT, ThreadedServer, free_port, wait_for_port
 
 CLI = [sys.executable, "-m", "ory_wsgi.cli"]
@@ -132,15 +134,28 @@ def test_bin_ory_wsgi_runs_from_a_checkout() -> None:
     assert result.stdout.startswith("ory-wsgi ")
 
 
-def test_demo_serves_the_sample_app_through_the_proxy() -> None:
+def test_demo_shows_login_and_a_verified_jwt() -> None:
     port = free_port()
     demo = Background("demo", "--port", str(port), port=port)
+    base = f"http://localhost:{port}"
     try:
-        answer = requests.get(
-            f"http://127.0.0.1:{port}/", headers={"Accept": "text/html"}, timeout=5
+        browser = requests.Session()
+        home = browser.get(f"{base}/", timeout=10)
+        assert "you are not logged in" in home.text
+        gate = browser.get(f"{base}/members", headers={"Accept": "text/html"},
+                           allow_redirects=False, timeout=10)
+        assert gate.status_code == 303
+        page = browser.get(gate.headers["Location"], timeout=10)
+        action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+        csrf = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text)
+        assert action and csrf, page.text
+        members = browser.post(
+            action.group(1).replace("&amp;", "&"),
+            data={"csrf_token": csrf.group(1), "identifier": DEMO_EMAIL,
+                  "password": DEMO_PASSWORD, "method": "password"},
+            timeout=10,
         )
-        assert answer.status_code == 200
-        assert "The sample app behind ory_wsgi" in answer.text
-        assert "X-Forwarded-For: 127.0.0.1" in answer.text
+        assert members.url == f"{base}/members"
+        assert f"Logged in as {DEMO_EMAIL}: the JWT verified" in members.text
     finally:
         demo.stop()

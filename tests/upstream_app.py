@@ -167,13 +167,34 @@ def cut(environ: Environ, start_response: Any) -> Iterator[bytes]:
     raise ConnectionAbortedError("the upstream gives up mid-body")
 
 
+def request_id(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Answers with the X-Request-Id it was given, as many frameworks do."""
+    start_response(
+        "200 OK",
+        [("X-Request-Id", environ.get("HTTP_X_REQUEST_ID", "")), ("Content-Length", "2")],
+    )
+    return [b"ok"]
+
+
 ROUTES = {
     "/sse": sse, "/big": big, "/slow": slow, "/redirect": redirect, "/cookies": cookies,
     "/hop": hop, "/gzip": gzipped, "/status": status, "/hello": head_aware, "/stall": stall,
-    "/peer": peer, "/endless": endless, "/cut": cut,
+    "/peer": peer, "/endless": endless, "/cut": cut, "/request-id": request_id,
 }
 
 
 def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
     handler = ROUTES.get(environ.get("PATH_INFO", ""), echo)
     return handler(environ, start_response)
+
+
+def own_cors(environ: Environ, start_response: Any) -> Iterable[bytes]:
+    """Sends its own CORS headers, as an application with a CORS plugin does."""
+    return _json(start_response, {"own_cors": True}, headers=[
+        ("Access-Control-Allow-Origin", "*"),
+        ("Access-Control-Allow-Credentials", "true"),
+        ("Vary", "Accept-Encoding"),
+    ])
+
+
+ROUTES["/own-cors"] = own_cors

@@ -5,7 +5,8 @@
 A well-formed incoming `X-Request-Id` is kept, anything else is replaced by a
 new one; either way the upstream and the client both see it. The line is
 written when the response body is finished, so its status, size and timing
-are the real ones; a response the client abandoned is logged as 499.
+are the real ones; a response the client abandoned is logged as 499, one the
+upstream broke off mid-body with the status of that failure (502 or 504).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class AccessLog:
 
         def logged_start_response(status: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
             record.status = int(status[:3])
+            # The upstream may echo the id itself: the client gets it once.
+            headers = [item for item in headers if item[0].lower() != "x-request-id"]
             headers.append(("X-Request-Id", request_id))
             return start_response(status, headers, *exc)
 
@@ -60,7 +63,7 @@ class AccessLog:
 
 
 class _Record:
-    __slots__ = ("environ", "started", "status", "size")
+    __slots__ = ("environ", "size", "started", "status")
 
     def __init__(self, environ: WSGIEnvironment, started: float) -> None:
         self.environ = environ
@@ -117,15 +120,24 @@ class LoggedBody:
 
     def __iter__(self) -> Iterator[bytes]:
         record = self.record
-        for chunk in self.body:
-            record.size += len(chunk)
-            yield chunk
+        try:
+            for chunk in self.body:
+                record.size += len(chunk)
+                yield chunk
+        except Exception as exc:
+            # The body broke off on our side (the upstream stopped, say), not the client's.
+            failed = getattr(exc, "status", None)
+            record.status = failed if isinstance(failed, int) else 500
+            self.finished = True
+            raise
         self.finished = True
 
     def close(self) -> None:
+        record = self.record
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            self.record.write(self.record.status if self.finished else 499)
+            gone = not self.finished or record.environ.get("ory.client_gone")
+            record.write(499 if gone else record.status)

@@ -1,0 +1,165 @@
+"""Ory-bound requests (`/.ory/*`) go to Ory, with its answers rewritten onto our domain.
+
+    app = OryRoute(app, OryForwarder(...))
+
+The `/.ory` prefix is stripped once (on a segment boundary, after dot
+segments are resolved, so `/.ory/../x` is app-bound). Ory gets its own
+cookies and the client's Authorization (API flows), never the app's cookies;
+the browser gets Ory's cookies on the public domain and Ory's URLs under
+`<public URL>/.ory`. No whoami call is made for these requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ory_wsgi.answers import error_answer
+from ory_wsgi.errors import BadRequest
+from ory_wsgi.forwarder import Forwarder, request_target
+from ory_wsgi.ory.rewrite import OryRewriter
+from ory_wsgi.paths import normalise_path
+from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger("ory_wsgi.ory")
+
+PREFIX = "/.ory"
+# Cookie names Kratos and Ory Network read; an app's own cookies stay home.
+ORY_COOKIE_PREFIXES = ("ory_", "csrf_token", "__Host-ory", "__Secure-ory")
+# Ory Network serves its admin API on the project domain too: never through us.
+ADMIN_PREFIX = "/admin"
+
+
+def is_ory_bound(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def _is_admin(ory_path: str) -> bool:
+    lowered = ory_path.lower()
+    return lowered == ADMIN_PREFIX or lowered.startswith(ADMIN_PREFIX + "/")
+
+
+class OryForwarder(Forwarder):
+    """The forwarder, pointed at Ory, with the rewrites Ory's answers need."""
+
+    def __init__(
+        self,
+        ory_url: str,
+        public_url: str,
+        rewriter: OryRewriter,
+        *,
+        api_key: str = "",
+        rate_limit_header: str = "",
+        session_cookie: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(ory_url, public_url, rewrite_host=True, **kwargs)
+        self.rewriter = rewriter
+        self.ory_headers = {
+            "Ory-Base-URL-Rewrite": public_url.rstrip("/") + PREFIX,
+            "Ory-No-Custom-Domain-Redirect": "true",
+        }
+        if api_key:
+            self.ory_headers["Ory-Base-URL-Rewrite-Token"] = api_key
+        if rate_limit_header:
+            self.ory_headers["Ory-RateLimit-Action"] = rate_limit_header
+        self.cookie_prefixes = ORY_COOKIE_PREFIXES + ((session_cookie,) if session_cookie else ())
+
+    def adjust_request_headers(self, environ: WSGIEnvironment, headers: dict[str, str]) -> None:
+        headers.update(self.ory_headers)
+        cookie = headers.pop("Cookie", "")
+        if cookie:
+            kept = [
+                part
+                for part in (p.strip() for p in cookie.split(";"))
+                if part.startswith(self.cookie_prefixes)
+            ]
+            if kept:
+                headers["Cookie"] = "; ".join(kept)
+        accept = environ.get("HTTP_ACCEPT_ENCODING", "")
+        if "gzip" in accept.lower():
+            headers["Accept-Encoding"] = "gzip"
+        else:
+            headers.pop("Accept-Encoding", None)
+
+    def adjust_response(
+        self,
+        environ: WSGIEnvironment,
+        headers: list[tuple[str, str]],
+        body: Iterable[bytes] | None,
+    ) -> tuple[list[tuple[str, str]], Iterable[bytes] | None]:
+        ory_path = environ["ory.ory_path"]
+        headers = self.rewriter.rewrite_response_headers(headers, ory_path)
+        if body is None:
+            return headers, None
+        content_type = content_encoding = ""
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "content-type":
+                content_type = value
+            elif lowered == "content-encoding":
+                content_encoding = value
+        if not self.rewriter.is_rewritable(content_type, content_encoding):
+            return headers, body
+        # The rewritten bytes differ from Ory's: their length and ETag no longer hold.
+        headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
+        return headers, RewrittenBody(
+            body, self.rewriter.rewrite_body(body, content_type, content_encoding)
+        )
+
+    def rewrite_location(self, location: str) -> str:
+        return location  # done with the other Ory rewrites in adjust_response
+
+
+class RewrittenBody:
+    """A rewritten stream that still closes the upstream response under it."""
+
+    def __init__(self, source: Iterable[bytes], rewritten: Iterator[bytes]) -> None:
+        self.source = source
+        self.rewritten = rewritten
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.rewritten
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+class OryRoute:
+    def __init__(
+        self, app: WSGIApplication, forwarder: OryForwarder | None, ory_base_path: str = ""
+    ) -> None:
+        self.app = app
+        self.forwarder = forwarder
+        self.ory_base_path = ory_base_path.rstrip("/")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not is_ory_bound(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        try:
+            raw_path, _, query = request_target(environ).partition("?")
+            path = normalise_path(raw_path).path
+        except BadRequest as exc:
+            environ["ory.error"] = "bad_request"
+            return error_answer(environ, start_response, 400, f"Malformed request: {exc}.")
+        if not is_ory_bound(path):
+            return self.app(environ, start_response)
+        ory_path = path[len(PREFIX) :] or "/"
+        if self.forwarder is None:
+            return error_answer(
+                environ, start_response, 404,
+                "Ory is not configured: set [ory] sdk_url or project (ORY_SDK_URL, ORY_PROJECT).",
+            )
+        if _is_admin(ory_path):
+            return error_answer(environ, start_response, 404, "Ory's admin API is not proxied.")
+        environ["ory.decision"] = "ory"
+        environ["ory.ory_path"] = ory_path
+        environ["ory.target"] = self.ory_base_path + ory_path + (f"?{query}" if query else "")
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        if authorization:
+            environ["ory.authorization"] = authorization
+        answer: Iterable[bytes] = self.forwarder(environ, start_response)
+        return answer

@@ -1,0 +1,177 @@
+"""The proxy with Ory: a real gunicorn proxy, the Kratos stand-in over HTTP, the test upstream."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import requests
+from joserfc import jwt
+
+from ory_flows import PASSWORD, Start, bearer_of, jwks, login
+from ory_wsgi.testing import FakeKratos
+
+def test_anonymous_request_asks_ory_nothing_and_carries_no_authorization(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    answer = requests.get(f"{proxy.url}/page", cookies={"app": "1"}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]
+    assert fake_ory.whoami_calls == 0
+
+
+def test_a_forged_bearer_is_checked_with_ory_and_never_reaches_the_app(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    answer = requests.get(f"{proxy.url}/page", headers={"Authorization": "Bearer forged"}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]
+    assert fake_ory.whoami_calls == 1
+
+
+def test_browser_login_through_the_proxy_gives_the_app_a_verified_jwt(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    browser = login(proxy, fake_ory)
+    cookie = next(c for c in browser.cookies if c.name == "ory_kratos_session")
+    assert cookie.domain in ("127.0.0.1", "127.0.0.1.local", "")  # host-only on the public host
+    answer = browser.get(f"{proxy.url}/dashboard", timeout=5)
+    token = jwt.decode(bearer_of(answer), jwks(proxy), algorithms=["ES256"])
+    assert token.header["alg"] == "ES256" and token.header["typ"] == "JWT" and token.header["kid"]
+    assert token.claims["iss"] == proxy.url
+    assert token.claims["session"]["identity"]["traits"]["email"] == "ada@example.com"
+    assert token.claims["sub"] == token.claims["session"]["identity"]["id"]
+    assert fake_ory.whoami_calls == 1
+    assert token.claims["exp"] - token.claims["iat"] == 60
+
+
+def test_ory_bound_requests_strip_the_prefix_and_send_no_app_cookies(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    fake_ory.reset_counters()
+    requests.get(f"{proxy.url}/.ory/health/alive?x=1", cookies={"app_session": "secret",
+                 "ory_kratos_continuity": "c"}, headers={"Ory-Base-URL-Rewrite": "https://evil"},
+                 timeout=5)
+    logged = fake_ory.request_log[-1]
+    headers = {k.lower(): v for k, v in dict(logged.headers).items()}
+    assert logged.path == "/health/alive"
+    assert "app_session" not in headers.get("cookie", "")
+    assert "ory_kratos_continuity=c" in headers.get("cookie", "")
+    assert headers["ory-base-url-rewrite"] == f"{proxy.url}/.ory"
+    assert headers["ory-no-custom-domain-redirect"] == "true"
+    assert fake_ory.whoami_calls == 0
+
+
+def test_ory_admin_api_is_not_proxied(start_ory_proxy: Start) -> None:
+    proxy = start_ory_proxy()
+    for path in ("/.ory/admin/identities", "/.ory/ADMIN", "/.ory/x/../admin/identities"):
+        assert requests.get(f"{proxy.url}{path}", timeout=5).status_code == 404, path
+
+
+def test_dot_segments_leave_the_ory_prefix_to_the_app(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    fake_ory.reset_counters()
+    answer = requests.get(f"{proxy.url}/.ory/%2e%2e/page", timeout=5)
+    assert answer.json()["method"] == "GET"  # the test upstream's echo, not Ory
+    assert not fake_ory.request_log
+
+
+def test_multi_worker_tokens_verify_against_jwks_from_any_worker(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy(workers=4, threads=2)
+    documents = {requests.get(f"{proxy.url}/.ory/jwks.json", timeout=5).content for _ in range(40)}
+    assert len(documents) == 1
+    identity = fake_ory.add_identity("bob@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    keys = jwks(proxy)
+    subjects = set()
+    for _ in range(40):
+        answer = requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5)
+        subjects.add(jwt.decode(bearer_of(answer), keys, algorithms=["ES256"]).claims["sub"])
+    assert subjects == {identity["id"]}
+
+
+def test_a_restart_keeps_the_keys(start_ory_proxy: Start) -> None:
+    first = start_ory_proxy(workers=2)
+    before = requests.get(f"{first.url}/.ory/jwks.json", timeout=5).content
+    first.stop()
+    second = start_ory_proxy(workers=2, port=first.port)
+    assert requests.get(f"{second.url}/.ory/jwks.json", timeout=5).content == before
+
+
+def test_a_minted_token_replayed_by_a_client_never_reaches_the_app(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    identity = fake_ory.add_identity("eve@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    minted = bearer_of(requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5))
+    replay = requests.get(f"{proxy.url}/x", headers={"Authorization": f"Bearer {minted}"}, timeout=5)
+    assert "Authorization" not in replay.json()["headers"]
+
+
+def test_fifty_requests_of_one_session_ask_ory_once(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy(workers=1)
+    identity = fake_ory.add_identity("joe@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    with requests.Session() as client:
+        for _ in range(50):
+            client.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5)
+    assert fake_ory.whoami_calls == 1
+
+
+def test_thirty_concurrent_first_requests_ask_ory_once(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy(workers=1, threads=32)
+    identity = fake_ory.add_identity("max@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    fake_ory.whoami_delay = 0.5
+
+    def fetch(_: int) -> Any:
+        return requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=10)
+
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(fetch, range(30)))
+    assert all(a.json()["headers"]["Authorization"].startswith("Bearer ") for a in answers)
+    assert fake_ory.whoami_calls == 1
+
+
+def test_ory_down_on_an_open_path_goes_on_anonymously(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    fake_ory.fail_whoami(500)
+    answer = requests.get(f"{proxy.url}/open", headers={"X-Session-Token": "ory_st_x"}, timeout=5)
+    assert answer.status_code == 200
+    assert "Authorization" not in answer.json()["headers"]
+
+
+def test_logout_link_ends_the_session(start_ory_proxy: Start, fake_ory: FakeKratos) -> None:
+    proxy = start_ory_proxy()
+    browser = login(proxy, fake_ory)
+    assert bearer_of(browser.get(f"{proxy.url}/x", timeout=5))
+    out = browser.get(f"{proxy.url}/.ory/proxy/logout", allow_redirects=False, timeout=5)
+    assert out.status_code == 303
+    assert out.headers["Location"].startswith(f"{proxy.url}/.ory/self-service/logout?token=")
+    browser.get(out.headers["Location"], timeout=5)
+    assert "ory_kratos_session" not in browser.cookies
+    assert "Authorization" not in browser.get(f"{proxy.url}/x", timeout=5).json()["headers"]
+
+
+def test_no_jwt_setting_strips_authorization_and_mints_nothing(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy("[jwt]\nenabled = false\n")
+    identity = fake_ory.add_identity("nj@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    answer = requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]
+    assert requests.get(f"{proxy.url}/.ory/proxy/jwks.json", timeout=5).status_code == 404
