@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from ory_wsgi.decisions import Decisions
 from ory_wsgi.errors import ConfigError, StartupConfigError
 from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.keys import KeySet
@@ -16,6 +18,7 @@ from ory_wsgi.ory.client import OryClient, session_cookie_names
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import PathRules
 from ory_wsgi.proxy_endpoints import JwksEndpoint, LogoutEndpoint
+from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
 from ory_wsgi.tokens import TokenMinter
 from ory_wsgi.wrappers.access_log import AccessLog
@@ -72,9 +75,11 @@ def build_app(settings: Settings) -> WSGIApplication:
     )
     routes: dict[str, Handler] = {}
     ory_forwarder: OryForwarder | None = None
+    around: Callable[[WSGIApplication], WSGIApplication] | None = None
     ory_url = settings.ory_url
     if ory_url:
-        app, routes = _ory_layers(app, settings, public)
+        around, routes = _ory_layers(settings, public)
+        app = around(app)
         rewriter = OryRewriter(
             ory_url,
             public,
@@ -93,9 +98,10 @@ def build_app(settings: Settings) -> WSGIApplication:
             connect_timeout=proxy.connect_timeout,
             read_timeout=proxy.read_timeout,
         )
-    elif settings.protect:
+    elif settings.protect or settings.decisions.enabled:
+        what = "[[protect]]" if settings.protect else "[decisions] enabled"
         raise ConfigError(
-            "[[protect]] needs Ory to check sessions: set [ory] sdk_url or project "
+            f"{what} needs Ory to check sessions: set [ory] sdk_url or project "
             "(ORY_SDK_URL, ORY_PROJECT)"
         )
     else:
@@ -108,27 +114,33 @@ def build_app(settings: Settings) -> WSGIApplication:
         settings.cors.additional_headers,
         settings.cors.max_age,
     )
+    routes.setdefault(READY_PATH, Readiness())
     app = ProxyNamespace(app, routes)
+    if around is not None and settings.decisions.enabled:
+        if not settings.protect:
+            log.warning("[decisions] enabled without [[protect]] rules: every decision is 200")
+        app = Decisions(app, around, proxy.trusted_proxies)
     return AccessLog(app)
 
 
 def _ory_layers(
-    app: WSGIApplication, settings: Settings, public: str
-) -> tuple[WSGIApplication, dict[str, Handler]]:
-    """Session lookup, protection and session → JWT around the forwarder, and their endpoints."""
+    settings: Settings, public: str
+) -> tuple[Callable[[WSGIApplication], WSGIApplication], dict[str, Handler]]:
+    """Session lookup, protection and session → JWT, to wrap around an app, and their endpoints.
+
+    The forwarder and the decisions endpoint are wrapped in the same layers,
+    which share one Ory client, session cache and minter.
+    """
     jwt = settings.jwt
     routes: dict[str, Handler] = {}
-    minter = None
+    keys = minter = None
     if jwt.enabled:
         keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
         minter = TokenMinter(keys, jwt.issuer or public, jwt.audience, jwt.ttl, jwt.claims)
         jwks = JwksEndpoint(keys)
         routes["/.ory/jwks.json"] = jwks
         routes["/.ory/proxy/jwks.json"] = jwks
-    app = SessionToken(app, minter, jwt.keep_client_authorization)
     rules = PathRules(settings.protect, settings.public)
-    if rules:
-        app = Protect(app, public)
     client = OryClient(
         settings.ory_url,
         timeout=settings.ory.timeout,
@@ -143,10 +155,18 @@ def _ory_layers(
     cookie_names = session_cookie_names(
         settings.ory_url, settings.ory.project, settings.ory.session_cookie
     )
-    app = SessionLookup(app, client, cache, cookie_names)
-    if rules:
-        app = PathCheck(app, rules)
+
+    def around(app: WSGIApplication) -> WSGIApplication:
+        app = SessionToken(app, minter, jwt.keep_client_authorization)
+        if rules:
+            app = Protect(app, public)
+        app = SessionLookup(app, client, cache, cookie_names)
+        if rules:
+            app = PathCheck(app, rules)
+        return app
+
+    routes[READY_PATH] = Readiness(keys, client)
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
         client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/"
     )
-    return app, routes
+    return around, routes

@@ -9,7 +9,7 @@ class ConfigError(Exception):
     """A setting is wrong; the message is the one line shown to the operator."""
 
 
-class StartupConfigError(ConfigError, AppImportError):
+class StartupConfigError(ConfigError, AppImportError):  # type: ignore[misc]
     """A ConfigError from `make_app`: gunicorn prints its one line and stops, no traceback."""
 
 
