@@ -145,8 +145,8 @@ ORY_ENV = {
     "ORY_RATE_LIMIT_HEADER": ("ory", "rate_limit_header"),
     "PORT": ("server", "port"),
 }
-# ORY_WSGI_* names that are not settings (read by the CLI).
-ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG"})
+# ORY_WSGI_* names that are not settings (read by the CLI and the bin/ scripts).
+ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG", "ORY_WSGI_VENV"})
 SECRET_KEYS = {("ory", "api_key")}
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
