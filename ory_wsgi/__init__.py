@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ory_wsgi.app import make_app
 from ory_wsgi.errors import ConfigError
+from ory_wsgi.middleware import OryMiddleware
+from ory_wsgi.verifier import InvalidToken, verify
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "__version__", "make_app"]
+__all__ = ["ConfigError", "InvalidToken", "OryMiddleware", "__version__", "make_app", "verify"]

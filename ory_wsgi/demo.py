@@ -22,7 +22,7 @@ from ory_wsgi.testing import serve
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 DEMO_EMAIL = "demo@example.com"
-DEMO_PASSWORD = "ory-wsgi-demo"
+DEMO_PASSWORD = "ory-wsgi-demo"  # noqa: S105 - the demo's published test login
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>ory_wsgi demo app</title>

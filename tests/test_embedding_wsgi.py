@@ -1,0 +1,311 @@
+"""ory_wsgi.OryMiddleware around a plain WSGI app on a real server, with the Kratos stand-in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from ory_flows import PASSWORD, login
+from servers import ThreadedServer
+
+from ory_wsgi import ConfigError, OryMiddleware, verify
+from ory_wsgi.middleware import SPOOFABLE_KEYS, load_embedded_settings
+from ory_wsgi.testing import FakeKratos
+
+PROTECT = [{"prefix": "/members"}, {"prefix": "/admin", "aal": "aal2"}]
+
+
+def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The app: tells what it saw of the request and of Ory."""
+    identity = environ.get("ory.identity")
+    body = json.dumps(
+        {
+            "path": environ["PATH_INFO"],
+            "identity": identity["id"] if identity else None,
+            "session": environ.get("ory.session") is not None,
+            "error": environ.get("ory.error"),
+            "headers": sorted(key for key in environ if key.startswith("HTTP_")),
+            "authorization": environ.get("HTTP_AUTHORIZATION"),
+            "remote_user": environ.get("REMOTE_USER"),
+        }
+    ).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+class LateApp:
+    """Lets the server pick its port before the middleware (which needs the public URL) exists."""
+
+    app: Any = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self.app(environ, start_response)
+
+
+Embed = Callable[..., ThreadedServer]
+
+
+@pytest.fixture
+def embed(fake_ory: FakeKratos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embed]:
+    """embed(**overrides) -> echo wrapped in OryMiddleware, served on a free port."""
+    monkeypatch.chdir(tmp_path)  # a generated key set lands here
+    started: list[ThreadedServer] = []
+
+    def start(**overrides: Any) -> ThreadedServer:
+        late = LateApp()
+        server = ThreadedServer(late)
+        started.append(server)
+        fake_ory.allowed_return_urls = [server.url]
+        overrides.setdefault("protect", PROTECT)
+        late.app = OryMiddleware(echo, sdk_url=fake_ory.url, public_url=server.url, **overrides)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def session_cookies(fake_ory: FakeKratos, aal: str = "aal1") -> dict[str, str]:
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"], aal=aal)
+    return fake_ory.cookies(token)
+
+
+def test_logged_in_request_gives_the_app_the_identity(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    seen = requests.get(f"{server.url}/members/page", cookies=fake_ory.cookies(token), timeout=5)
+    assert seen.json()["identity"] == identity["id"]
+
+
+def test_session_is_cached_between_requests(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    cookies = session_cookies(fake_ory)
+    for _ in range(3):
+        requests.get(f"{server.url}/page", cookies=cookies, timeout=5)
+    assert fake_ory.whoami_calls == 1
+
+
+def test_anonymous_request_on_open_path_asks_ory_nothing(
+    embed: Embed, fake_ory: FakeKratos
+) -> None:
+    server = embed()
+    seen = requests.get(f"{server.url}/page", timeout=5).json()
+    assert seen["identity"] is None and not seen["session"]
+    assert fake_ory.whoami_calls == 0
+
+
+def test_logged_out_api_call_on_protected_path_gets_401_json(embed: Embed) -> None:
+    server = embed()
+    answer = requests.get(
+        f"{server.url}/members", headers={"Accept": "application/json"}, timeout=5
+    )
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert answer.json()["error"]["code"] == 401
+
+
+def test_logged_out_browser_is_sent_to_login_with_return_to_from_public_url(embed: Embed) -> None:
+    server = embed()
+    answer = requests.get(
+        f"{server.url}/members/x?a=1",
+        headers={"Accept": "text/html", "Host": "evil.example"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303
+    location = urlsplit(answer.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == (
+        f"{server.url}/.ory/self-service/login/browser"
+    )
+    assert parse_qs(location.query)["return_to"] == [f"{server.url}/members/x?a=1"]
+
+
+def test_aal1_session_on_aal2_path_gets_403(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    cookies = session_cookies(fake_ory, aal="aal1")
+    answer = requests.get(f"{server.url}/admin", cookies=cookies, timeout=5)
+    assert answer.status_code == 403
+    assert answer.json()["error"]["id"] == "session_aal2_required"
+
+
+def test_aal2_required_by_ory_sends_browser_to_step_up(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    fake_ory.require_aal2(identity["id"])
+    _, token = fake_ory.create_session(identity["id"], aal="aal1")
+    answer = requests.get(
+        f"{server.url}/members",
+        cookies=fake_ory.cookies(token),
+        headers={"Accept": "text/html"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303
+    assert "aal=aal2" in answer.headers["Location"]
+
+
+def test_ory_down_fails_closed_on_protected_path(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    cookies = session_cookies(fake_ory)
+    fake_ory.fail_whoami(500)
+    answer = requests.get(f"{server.url}/members", cookies=cookies, timeout=10)
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"]
+
+
+def test_ory_down_leaves_open_path_anonymous(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    cookies = session_cookies(fake_ory)
+    fake_ory.fail_whoami(500)
+    seen = requests.get(f"{server.url}/page", cookies=cookies, timeout=10).json()
+    assert seen["identity"] is None
+    assert seen["error"] == "ory_unavailable"
+
+
+def test_spoofed_identity_headers_never_reach_the_app(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    spoofed = {
+        "Remote-User": "admin",
+        "X-Remote-User": "admin",
+        "X-Forwarded-User": "admin",
+        "X-Auth-Request-Email": "admin@example.com",
+        "X-Ory-Subject": "admin",
+        "X-Ory-Identity": "{}",
+        "Ory-Base-URL-Rewrite": "https://evil",
+        "X-User": "admin",
+    }
+    seen = requests.get(f"{server.url}/page", headers=spoofed, timeout=5).json()
+    names = {"HTTP_" + name.upper().replace("-", "_") for name in spoofed}
+    assert not names & set(seen["headers"])
+    assert {"HTTP_REMOTE_USER", "HTTP_X_REMOTE_USER", "HTTP_X_FORWARDED_USER"} <= SPOOFABLE_KEYS
+
+
+def test_headers_named_in_strip_headers_are_removed_too(embed: Embed) -> None:
+    server = embed(strip_headers=["X-Tenant-Admin"])
+    seen = requests.get(f"{server.url}/page", headers={"X-Tenant-Admin": "1"}, timeout=5).json()
+    assert "HTTP_X_TENANT_ADMIN" not in seen["headers"]
+
+
+def test_cors_preflight_to_protected_path_is_not_gated(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    answer = requests.options(
+        f"{server.url}/members",
+        headers={
+            "Origin": "https://spa.example",
+            "Access-Control-Request-Method": "POST",
+            "Authorization": "Bearer forged",
+        },
+        timeout=5,
+    )
+    assert answer.status_code == 200
+    assert answer.json()["authorization"] is None
+    assert fake_ory.whoami_calls == 0
+
+
+def test_forged_authorization_never_reaches_the_app(embed: Embed) -> None:
+    server = embed()
+    seen = requests.get(
+        f"{server.url}/page", headers={"Authorization": "Bearer forged"}, timeout=5
+    ).json()
+    assert seen["authorization"] is None
+
+
+def test_jwt_is_off_by_default_and_no_key_file_is_written(
+    embed: Embed, fake_ory: FakeKratos, tmp_path: Path
+) -> None:
+    server = embed()
+    seen = requests.get(f"{server.url}/page", cookies=session_cookies(fake_ory), timeout=5).json()
+    assert seen["session"] and seen["authorization"] is None
+    assert not (tmp_path / ".ory-wsgi").exists()
+
+
+def test_jwt_when_enabled_is_the_apps_authorization_and_verifies(
+    embed: Embed, fake_ory: FakeKratos
+) -> None:
+    server = embed(jwt={"enabled": True})
+    seen = requests.get(f"{server.url}/page", cookies=session_cookies(fake_ory), timeout=5).json()
+    claims = verify(
+        seen["authorization"], jwks_url=f"{server.url}/.ory/jwks.json", issuer=server.url
+    )
+    assert claims["sub"] == seen["identity"]
+
+
+def test_checked_normalised_path_is_the_path_the_app_sees(
+    embed: Embed, fake_ory: FakeKratos
+) -> None:
+    server = embed()
+    cookies = session_cookies(fake_ory)
+    seen = requests.get(f"{server.url}/x/%2E%2E//members/./a", cookies=cookies, timeout=5).json()
+    assert seen["path"] == "/members/a"
+
+
+def test_dot_segments_cannot_reach_a_protected_path_anonymously(embed: Embed) -> None:
+    server = embed()
+    answer = requests.get(f"{server.url}/x/%2E%2E/members", timeout=5)
+    assert answer.status_code == 401
+
+
+def test_browser_logs_in_through_the_embedded_ory_route(embed: Embed, fake_ory: FakeKratos) -> None:
+    server = embed()
+    browser = login(server, fake_ory)  # type: ignore[arg-type]
+    seen = browser.get(f"{server.url}/members", timeout=5).json()
+    assert fake_ory.identity(seen["identity"])["traits"]["email"] == "ada@example.com"
+
+
+def test_login_endpoint_sends_browser_to_ory_with_local_next(embed: Embed) -> None:
+    server = embed()
+    answer = requests.get(
+        f"{server.url}/.ory/proxy/login?next=/members/x%3Fa%3D1",
+        headers={"Accept": "text/html"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert answer.status_code == 303
+    query = parse_qs(urlsplit(answer.headers["Location"]).query)
+    assert query["return_to"] == [f"{server.url}/members/x?a=1"]
+
+
+def test_login_endpoint_refuses_a_next_on_another_site(embed: Embed) -> None:
+    server = embed()
+    for next_url in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        answer = requests.get(
+            f"{server.url}/.ory/proxy/login",
+            params={"next": next_url},
+            headers={"Accept": "text/html"},
+            allow_redirects=False,
+            timeout=5,
+        )
+        query = parse_qs(urlsplit(answer.headers["Location"]).query)
+        assert query["return_to"] == [f"{server.url}/"], next_url
+
+
+def test_login_endpoint_answers_api_clients_401(embed: Embed) -> None:
+    server = embed()
+    answer = requests.get(f"{server.url}/.ory/proxy/login?next=/members", timeout=5)
+    assert answer.status_code == 401
+
+
+def test_upstream_is_not_required_but_public_url_is(fake_ory: FakeKratos) -> None:
+    OryMiddleware(echo, sdk_url=fake_ory.url, public_url="https://app.example.com")
+    with pytest.raises(ConfigError, match="public_url"):
+        OryMiddleware(echo, sdk_url=fake_ory.url)
+
+
+def test_missing_ory_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="sdk_url"):
+        OryMiddleware(echo, public_url="https://app.example.com")
+
+
+def test_jwt_enabled_in_the_toml_file_is_honoured(tmp_path: Path) -> None:
+    path = tmp_path / "ory.toml"
+    path.write_text("[jwt]\nenabled = true\n")
+    assert load_embedded_settings(path, env={}).jwt.enabled
+    path.write_text('[jwt]\nttl = "30s"\n')
+    assert not load_embedded_settings(path, env={}).jwt.enabled
