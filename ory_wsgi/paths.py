@@ -18,17 +18,36 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 # Spellings some servers or frameworks turn into a separator, a fragment or an
 # end of string behind our back: refused where they could hide a protected path.
-_SUSPICIOUS_RE = re.compile(r"%(?:2[Ff]|5[Cc]|00|23|25)|\\|\x00")
+_SUSPICIOUS_RE = re.compile(r"%(?:2[Ff]|5[Cc]|00|23|25|[Uu][0-9A-Fa-f]{4})|\\|\x00")
+# IIS's non-standard `%uXXXX` escapes.
+_WIDE_ESCAPE_RE = re.compile(r"%[Uu]([0-9A-Fa-f]{4})")
 _HIGH_ESCAPE_RE = re.compile(r"%[89A-Fa-f][0-9A-Fa-f]")
+# Overlong UTF-8 for '/', '.' and '\' (as latin-1 text): old decoders read them as such.
+_OVERLONG = (
+    ("\xc0\xaf", "/"),
+    ("\xe0\x80\xaf", "/"),
+    ("\xc0\xae", "."),
+    ("\xe0\x80\xae", "."),
+    ("\xc1\x9c", "\\"),
+)
 
 
 @dataclass(frozen=True)
 class NormalisedPath:
-    """`path` is forwarded (`;params` kept); `match` is what the rules see."""
+    """`path` is forwarded (`;params` kept); `views` are the readings the rules see.
+
+    `views[0]` (also `match`) is the canonical reading: decoded, dot segments
+    resolved, `;params` and trailing dots dropped. The others are how less
+    lenient applications read `path`: with params, without resolving.
+    """
 
     path: str
-    match: str
+    views: tuple[str, ...]
     suspicious: bool
+
+    @property
+    def match(self) -> str:
+        return self.views[0]
 
 
 def normalise_path(raw: str) -> NormalisedPath:
@@ -44,26 +63,44 @@ def normalise_path(raw: str) -> NormalisedPath:
     if _HIGH_ESCAPE_RE.search(raw) and not _valid_utf8(raw):
         suspicious = True
     decoded = _ESCAPE_RE.sub(_decode_unreserved, raw)
-    path = _resolve(decoded)
-    # Match on the path as the application will read it: every escape decoded.
-    match = _match_form(_resolve(unquote(path, errors="replace")))
-    return NormalisedPath(path=path, match=match, suspicious=suspicious)
+    path = _reading(decoded, lenient=False, resolve=True)
+    # Rules look at the path as the application will read it: every escape decoded.
+    return NormalisedPath(
+        path=path, views=_views(unquote(path, errors="replace")), suspicious=suspicious
+    )
+
+
+def _views(decoded: str) -> tuple[str, ...]:
+    """Readings of a decoded path, lenient and resolved first, duplicates dropped."""
+    # Some routers decode the path and then cut it at a `?` it spelled.
+    texts = (decoded, decoded.split("?", 1)[0]) if "?" in decoded else (decoded,)
+    readings = dict.fromkeys(
+        _reading(text, lenient=lenient, resolve=resolve)
+        for text in texts
+        for resolve in (True, False)
+        for lenient in (True, False)
+    )
+    return tuple(readings)
 
 
 def lenient_match_paths(raw: str) -> tuple[str, ...]:
     """The path as lenient applications could read it: every escape decoded
-    (thrice over, for double encoding), `\\` as `/`, with NUL and `#` read as
-    an end or as a plain character, with dot segments resolved and without.
-    Used to decide whether a suspicious path comes near a protected area."""
+    (thrice over, for double encoding; IIS's `%uXXXX` too), overlong UTF-8 and `\\` as what they
+    spell, with NUL and `#` read as an end or as a plain character, with dot
+    segments resolved and without. Used to decide whether a suspicious path
+    comes near a protected area."""
     views: dict[str, None] = {}
     text = raw
     for _ in range(3):
+        text = _WIDE_ESCAPE_RE.sub(_decode_any, text)
         text = _ESCAPE_RE.sub(_decode_any, text)
-        slashed = text.replace("\\", "/")
-        for variant in (slashed, slashed.split("\x00", 1)[0].split("#", 1)[0]):
-            variant = "/" + variant.lstrip("/")
-            views[_match_form(_resolve(variant))] = None
-            views[_match_form(variant)] = None
+        spelled = text
+        for overlong, plain in _OVERLONG:
+            spelled = spelled.replace(overlong, plain)
+        for slashed in {text.replace("\\", "/"), spelled.replace("\\", "/")}:
+            for variant in (slashed, slashed.split("\x00", 1)[0].split("#", 1)[0]):
+                variant = "/" + variant.lstrip("/")
+                views.update(dict.fromkeys(_views(variant)))
     return tuple(views)
 
 
@@ -86,19 +123,23 @@ def _decode_any(match: re.Match[str]) -> str:
     return chr(int(match.group(1), 16))
 
 
-def _resolve(path: str) -> str:
-    """RFC 3986 remove_dot_segments, with empty segments dropped (`//` -> `/`)."""
+def _reading(path: str, *, lenient: bool, resolve: bool) -> str:
+    """Empty and `.` segments dropped (`//` -> `/`); with `resolve`, RFC 3986
+    remove_dot_segments (`..;x` counts as `..`, as Tomcat reads it); with
+    `lenient`, `;params` dropped and trailing dots and spaces trimmed (as
+    servlet containers and Windows servers read a segment)."""
     output: list[str] = []
     segments = path.split("/")[1:]
     for index, segment in enumerate(segments):
-        bare = segment.split(";", 1)[0]
         last = index == len(segments) - 1
-        if bare == ".":
-            if last:
-                output.append("")
-            continue
-        if bare == "..":
-            if output:
+        if lenient:
+            segment = segment.split(";", 1)[0].rstrip(" ")
+            if segment not in (".", ".."):
+                segment = segment.rstrip(". ")
+        bare = segment.split(";", 1)[0]
+        # `.` means "here" to every reader; `..` only to those that resolve.
+        if bare == "." or (resolve and bare == ".."):
+            if bare == ".." and output:
                 output.pop()
             if last:
                 output.append("")
@@ -109,44 +150,45 @@ def _resolve(path: str) -> str:
     return "/" + "/".join(output)
 
 
-def _match_form(path: str) -> str:
-    """`;params` dropped, trailing dots and spaces trimmed, lower case: the
-    spellings that servers and frameworks treat as the same resource."""
-    segments = []
-    for segment in path.split("/"):
-        bare = segment.split(";", 1)[0]
-        trimmed = bare.rstrip(". ") if bare not in (".", "..") else bare
-        if trimmed and trimmed != ".":
-            segments.append(trimmed)
-    trailing = "/" if path.endswith("/") and segments else ""
-    return ("/" + "/".join(segments) + trailing).lower()
-
-
 @dataclass(frozen=True)
 class CompiledRule:
+    """A rule ready to match readings of a path; `pattern` ignores case only for protect rules."""
+
     rule: Rule
     protect: bool
     pattern: re.Pattern[str]
     specificity: int
+    methods: frozenset[str]
 
     def applies(self, path: str, method: str) -> bool:
-        if self.rule.methods and method not in self.rule.methods:
+        if self.methods and method.upper() not in self.methods:
             return False
         return self.pattern.match(path) is not None
 
 
 def compile_rule(rule: Rule, protect: bool) -> CompiledRule:
+    """Protect rules match any spelling's case; a public exception only its exact spelling.
+
+    A case-insensitive protect rule covers applications that ignore case, and
+    a case-sensitive exception never opens `/members/SIGNUP` to an
+    application that reads it as a member page rather than the signup page.
+    """
     if rule.prefix:
-        prefix = _resolve(rule.prefix).rstrip("/")
-        pattern = re.escape(_match_form(prefix)) + r"(?:/.*)?\Z" if prefix else r"/.*\Z"
+        prefix = _reading(unquote(rule.prefix), lenient=False, resolve=True).rstrip("/")
+        pattern = re.escape(prefix) + r"(?:/.*)?\Z" if prefix else r"/.*\Z"
         specificity = len(prefix)
     elif rule.glob:
-        pattern = _glob_pattern(_match_form(rule.glob))
+        pattern = _glob_pattern(rule.glob)
         specificity = len(rule.glob.replace("*", "").replace("?", ""))
     else:
         pattern = rule.regex
         specificity = len(re.sub(r"[\\^$.*+?()\[\]{}|]", "", rule.regex))
-    return CompiledRule(rule, protect, re.compile(pattern, re.IGNORECASE | re.DOTALL), specificity)
+    flags = re.DOTALL | (re.IGNORECASE if protect else 0)
+    methods = frozenset(method.upper() for method in rule.methods)
+    if "GET" in methods:
+        # Every framework answers HEAD with its GET handler.
+        methods |= {"HEAD"}
+    return CompiledRule(rule, protect, re.compile(pattern, flags), specificity, methods)
 
 
 def _glob_pattern(glob: str) -> str:
@@ -173,9 +215,10 @@ def _glob_pattern(glob: str) -> str:
 
 
 class PathRules:
-    """All rules; `find(path, method)` is the most specific rule that applies.
+    """All rules; the most specific rule that applies to a reading decides it.
 
-    Ties go to `[[protect]]`: when in doubt, a session is required.
+    Ties go to `[[protect]]`: when in doubt, a session is required. A path is
+    protected when any of its readings is, for any method it claims.
     """
 
     def __init__(self, protect: Iterable[Rule], public: Iterable[Rule]) -> None:
@@ -183,6 +226,7 @@ class PathRules:
         rules += [compile_rule(rule, False) for rule in public]
         # Most specific first; protect before public at equal specificity.
         self.rules = sorted(rules, key=lambda r: (-r.specificity, not r.protect))
+        self.protect_rules = [rule for rule in self.rules if rule.protect]
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -194,14 +238,23 @@ class PathRules:
         return None
 
     def protected(self, match_path: str, method: str) -> CompiledRule | None:
-        """The protect rule that governs this path, or None if it is open."""
+        """The protect rule that governs this one reading, or None if it is open."""
         rule = self.find(match_path, method)
         return rule if rule is not None and rule.protect else None
 
+    def governing(self, path: NormalisedPath, methods: Iterable[str]) -> CompiledRule | None:
+        """The protect rule that governs any reading of `path` for any of `methods`, or None."""
+        for method in methods:
+            for view in path.views:
+                rule = self.protected(view, method)
+                if rule is not None:
+                    return rule
+        return None
+
+    def refuses(self, path: NormalisedPath) -> bool:
+        """Whether a suspicious spelling comes near a protected area (400)."""
+        return path.suspicious and self.near_protected(*path.views, *lenient_match_paths(path.path))
+
     def near_protected(self, *match_paths: str) -> bool:
         """Whether any protect rule covers one of these paths, whatever the method or exceptions."""
-        return any(
-            rule.protect and rule.pattern.match(path)
-            for rule in self.rules
-            for path in match_paths
-        )
+        return any(rule.pattern.match(path) for rule in self.protect_rules for path in match_paths)

@@ -6,7 +6,7 @@ import re
 from urllib.parse import unquote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ory_wsgi.errors import BadRequest
@@ -36,18 +36,18 @@ def test_normalised_path_is_what_is_forwarded(raw: str, path: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        ("/MEMBERS", "/members"),
+        ("/MEMBERS", "/MEMBERS"),
         ("/members;jsessionid=1/y", "/members/y"),
         ("/members.", "/members"),
         ("/members. /x", "/members/x"),
     ],
 )
-def test_match_path_ignores_case_params_and_trailing_dots(raw: str, match: str) -> None:
+def test_match_path_ignores_params_and_trailing_dots(raw: str, match: str) -> None:
     assert normalise_path(raw).match == match
 
 
 @pytest.mark.parametrize(
-    "raw", ["/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%23b", "/a%252f", "/%c0%af"]
+    "raw", ["/a%2Fb", "/a%5cb", "/a\\b", "/a%00", "/a%23b", "/a%252f", "/%c0%af", "/a%u002fb"]
 )
 def test_suspicious_spellings_are_flagged(raw: str) -> None:
     assert normalise_path(raw).suspicious
@@ -110,11 +110,71 @@ def test_glob_star_stays_within_one_segment() -> None:
     assert not rules.protected("/files/a/b/secret", "GET")
 
 
+def governs(rules: PathRules, raw: str, *methods: str) -> bool:
+    return rules.governing(normalise_path(raw), methods or ("GET",)) is not None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/members/SIGNUP",
+        "/members/Signup/x",
+        "/members/signup.",
+        "/members/signup;x",
+        "/members/signup%3B",
+        "/members/signup%20",
+        "/members/..%3Bx/open",
+        "/members%3F",
+    ],
+)
+def test_a_public_exception_opens_only_its_exact_spelling(raw: str) -> None:
+    assert governs(RULES, raw)
+
+
+@pytest.mark.parametrize("raw", ["/members/signup", "/members/signup/", "/members/signup/x;y=1"])
+def test_a_public_exception_opens_its_own_paths(raw: str) -> None:
+    assert not governs(RULES, raw)
+
+
+def test_get_rule_covers_head() -> None:
+    rules = PathRules([Rule(prefix="/r", methods=("GET",))], [])
+    assert governs(rules, "/r", "HEAD")
+    assert not governs(rules, "/r", "POST")
+
+
+def test_method_is_compared_without_case() -> None:
+    assert governs(RULES, "/write", "post")
+
+
+def test_any_claimed_method_counts() -> None:
+    assert governs(RULES, "/write", "GET", "POST")
+
+
+def test_overlong_dot_segments_near_a_protected_path_are_refused() -> None:
+    assert RULES.refuses(normalise_path("/open/%c0%ae%c0%ae/members"))
+    assert RULES.refuses(normalise_path("/open/%u002e%u002e/members"))
+    assert not RULES.refuses(normalise_path("/open/%c0%ae%c0%ae/elsewhere"))
+
+
+def test_encoded_slash_away_from_protected_paths_is_not_refused() -> None:
+    assert not RULES.refuses(normalise_path("/files/a%2Fb"))
+
+
+def test_mixed_case_public_rule_matches_its_own_spelling() -> None:
+    rules = PathRules([Rule(prefix="/Docs")], [Rule(prefix="/Docs/Public")])
+    assert not governs(rules, "/Docs/Public/x")
+    assert governs(rules, "/docs/public/x")
+    assert governs(rules, "/DOCS/private")
+
+
 TOKENS = [
     "/",
     "members",
     "MEMBERS",
     "Members",
+    "signup",
+    "SIGNUP",
+    "signup.",
     ".",
     "..",
     "%2e",
@@ -126,6 +186,10 @@ TOKENS = [
     "%25",
     ";x=1",
     ";",
+    "..;",
+    "%3b",
+    "%3B",
+    "%3f",
     "%00",
     "\\",
     "%5c",
@@ -138,8 +202,8 @@ TOKENS = [
     "%23",
     "%20",
     " ",
-    "signup",
     "%c0%af",
+    "%c0%ae",
     "%ef%bc%8f",
     "//",
     "./",
@@ -147,44 +211,58 @@ TOKENS = [
 ]
 
 
-def app_views(path: str) -> tuple[str, str]:
-    """How frameworks read the forwarded path: decoded once, repeated slashes
-    merged, params, trailing dots and case ignored; with dot segments resolved
-    after decoding (some) and without (werkzeug's router, Django's resolver)."""
+def app_readings(path: str) -> set[str]:
+    """How frameworks could read the forwarded path: decoded once, repeated
+    slashes merged; params and trailing dots kept (werkzeug, Django) or dropped
+    (servlet containers, Windows); cut at a decoded `?`, `#` or NUL or not;
+    dot segments resolved after decoding (some) or not (most)."""
     decoded = unquote(path, errors="replace").replace("\\", "/")
-    resolved: list[str] = []
-    literal: list[str] = []
-    for segment in decoded.split("/"):
-        bare = segment.split(";", 1)[0]
-        if bare == "..":
-            if resolved:
-                resolved.pop()
-            literal.append(bare)
-            continue
-        bare = bare.rstrip(". ")
-        if bare in ("", "."):
-            continue
-        resolved.append(bare.lower())
-        literal.append(bare.lower())
-    return "/" + "/".join(resolved), "/" + "/".join(literal)
+    cut = re.split(r"[\x00#?]", decoded, maxsplit=1)[0]
+    readings = set()
+    for text in (decoded, cut):
+        for lenient in (False, True):
+            segments = [s for s in text.split("/") if s]
+            if lenient:
+                segments = [s.split(";", 1)[0] for s in segments]
+                segments = [s if s in (".", "..") else s.rstrip(". ") for s in segments]
+            segments = [s for s in segments if s]
+            readings.add("/" + "/".join(segments))
+            resolved: list[str] = []
+            for segment in segments:
+                if segment.split(";", 1)[0] == "..":
+                    if resolved:
+                        resolved.pop()
+                elif segment != ".":
+                    resolved.append(segment)
+            readings.add("/" + "/".join(resolved))
+    return readings
 
 
-UNDER_MEMBERS = re.compile(r"^/members(/|$)")
-PROTECT_MEMBERS = PathRules([Rule(prefix="/members")], [])
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def protected_for_some_app(path: str) -> bool:
+    """Under /members and not the /members/signup exception, case kept or folded."""
+    for reading in app_readings(path):
+        for view in (reading, reading.lower()):
+            if _under(view, "/members") and not _under(view, "/members/signup"):
+                return True
+    return False
+
+
+MEMBERS_WITH_SIGNUP = PathRules([Rule(prefix="/members")], [Rule(prefix="/members/signup")])
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=8))
 def test_no_spelling_reaches_a_protected_path_unchecked(tokens: list[str]) -> None:
-    raw = "/" + "".join(tokens)
-    normalised = normalise_path(raw)
-    refused = normalised.suspicious and PROTECT_MEMBERS.near_protected(
-        normalised.match, *lenient_match_paths(normalised.path)
-    )
-    if refused or PROTECT_MEMBERS.protected(normalised.match, "GET"):
+    normalised = normalise_path("/" + "".join(tokens))
+    if MEMBERS_WITH_SIGNUP.refuses(normalised):
         return
-    for view in app_views(normalised.path):
-        assert not UNDER_MEMBERS.match(view), (raw, normalised, view)
+    if MEMBERS_WITH_SIGNUP.governing(normalised, ("GET",)):
+        return
+    assert not protected_for_some_app(normalised.path), normalised
 
 
 @settings(max_examples=1000, deadline=None)
@@ -193,7 +271,7 @@ def test_normalising_is_idempotent(tokens: list[str]) -> None:
     once = normalise_path("/" + "".join(tokens))
     twice = normalise_path(once.path)
     assert twice.path == once.path
-    assert twice.match == once.match
+    assert twice.views == once.views
 
 
 @settings(max_examples=1000, deadline=None)
@@ -203,3 +281,57 @@ def test_any_text_normalises_or_is_refused_cleanly(raw: str) -> None:
     assert result.path.startswith("/")
     assert "//" not in result.path
     assert "/../" not in result.path + "/" and "/./" not in result.path + "/"
+    assert all(view.startswith("/") for view in result.views)
+
+
+SEGMENTS = st.lists(st.sampled_from(["a", "ab", "B", "x-y", "a.b", "Ab"]), min_size=0, max_size=4)
+
+
+@settings(max_examples=500, deadline=None)
+@given(SEGMENTS.filter(bool), SEGMENTS)
+def test_prefix_matches_exactly_on_segment_boundaries(prefix: list[str], path: list[str]) -> None:
+    rules = PathRules([Rule(prefix="/" + "/".join(prefix))], [])
+    lowered = [segment.lower() for segment in path]
+    expected = lowered[: len(prefix)] == [segment.lower() for segment in prefix]
+    assert (rules.protected("/" + "/".join(path), "GET") is not None) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.permutations(
+        [
+            Rule(prefix="/members"),
+            Rule(glob="/admin/**"),
+            Rule(regex=r"^/api/v\d+/me"),
+            Rule(prefix="/write", methods=("POST",)),
+        ]
+    ),
+    st.lists(st.sampled_from(TOKENS), min_size=1, max_size=6),
+    st.sampled_from(["GET", "POST"]),
+)
+def test_rule_order_does_not_change_the_decision(
+    protect: list[Rule], tokens: list[str], method: str
+) -> None:
+    normalised = normalise_path("/" + "".join(tokens))
+    shuffled = PathRules(protect, [Rule(prefix="/members/signup")])
+    assert (shuffled.governing(normalised, (method,)) is None) is (
+        RULES.governing(normalised, (method,)) is None
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=8))
+def test_a_public_exception_never_protects_more(tokens: list[str]) -> None:
+    normalised = normalise_path("/" + "".join(tokens))
+    without = PathRules([Rule(prefix="/members")], [])
+    if MEMBERS_WITH_SIGNUP.governing(normalised, ("GET",)):
+        assert without.governing(normalised, ("GET",))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab/", min_size=1, max_size=12))
+def test_glob_star_never_crosses_a_slash(tail: str) -> None:
+    assume("//" not in tail)
+    rules = PathRules([Rule(glob="/files/*")], [])
+    expected = "/" not in tail
+    assert (rules.protected("/files/" + tail, "GET") is not None) is (expected and tail != "")

@@ -5,7 +5,8 @@
 Sets `environ["ory.target"]` (the normalised path and the query, what the
 forwarder sends), `environ["ory.match_path"]` and `environ["ory.rule"]` (the
 protect rule that governs the request, or None). The path is always read
-from the request line, never from a header.
+from the request line, never from a header; `X-Original-URL` and
+`X-Rewrite-URL` are dropped so that the application cannot be told another.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ from urllib.parse import urlsplit
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.forwarder import request_target
-from ory_wsgi.paths import PathRules, lenient_match_paths, normalise_path
+from ory_wsgi.paths import PathRules, normalise_path
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.protect")
+
+# Headers with which frameworks (Rails, Laravel, Express, Symfony) let a
+# request claim another method: a method-limited rule must see that claim too.
+METHOD_OVERRIDE_KEYS = (
+    "HTTP_X_HTTP_METHOD_OVERRIDE",
+    "HTTP_X_HTTP_METHOD",
+    "HTTP_X_METHOD_OVERRIDE",
+)
+# Headers with which IIS-era frameworks (old Symfony, Zend, ASP.NET) route
+# by another path than the request line's: the checked path must be the only one.
+PATH_OVERRIDE_KEYS = ("HTTP_X_ORIGINAL_URL", "HTTP_X_REWRITE_URL")
 
 
 class PathCheck:
@@ -33,18 +45,25 @@ class PathCheck:
             target = request_target(environ)
             raw_path, _, query = target.partition("?")
             normalised = normalise_path(raw_path)
-            if normalised.suspicious and self.rules.near_protected(
-                normalised.match, *lenient_match_paths(normalised.path)
-            ):
-                raise BadRequest("the path has an encoded '/', '\\', '#' or NUL")
+            if self.rules.refuses(normalised):
+                raise BadRequest("the path has an encoded '/', '\\', '#', '%' or NUL")
         except BadRequest as exc:
             log.warning("bad_request: %s: %r", exc, environ.get("RAW_URI", "")[:200])
             environ["ory.error"] = "bad_request"
             return error_answer(environ, start_response, 400, f"Malformed request: {exc}.")
+        for key in PATH_OVERRIDE_KEYS:
+            environ.pop(key, None)
         environ["ory.target"] = normalised.path + (f"?{query}" if query else "")
         environ["ory.match_path"] = normalised.match
-        environ["ory.rule"] = self.rules.protected(normalised.match, environ["REQUEST_METHOD"])
+        environ["ory.rule"] = self.rules.governing(normalised, request_methods(environ))
         return self.app(environ, start_response)
+
+
+def request_methods(environ: WSGIEnvironment) -> tuple[str, ...]:
+    """The request's method and any method it claims through an override header."""
+    method: str = environ["REQUEST_METHOD"]
+    claimed = [str(environ[key]).strip() for key in METHOD_OVERRIDE_KEYS if key in environ]
+    return (method, *claimed)
 
 
 def return_to_url(public_url: str, environ: WSGIEnvironment) -> str:

@@ -11,8 +11,10 @@ Ory rate-limiting: 429 passed on. CORS preflights never get here.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote
 
 from ory_wsgi.answers import error_answer, wants_html
@@ -23,6 +25,18 @@ from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 log = logging.getLogger("ory_wsgi.protect")
 
 AAL_RANK = {"aal0": 0, "aal1": 1, "aal2": 2, "aal3": 3}
+# Kratos' own whoami 401, byte for byte, so that clients written for Kratos understand it.
+UNAUTHORIZED = json.dumps(
+    {
+        "error": {
+            "code": 401,
+            "status": "Unauthorized",
+            "reason": "No valid session credentials found in the request.",
+            "message": "The request could not be authorized",
+        }
+    },
+    separators=(",", ":"),
+).encode()
 
 
 class Protect:
@@ -69,13 +83,12 @@ class Protect:
         environ["ory.decision"] = "login"
         if _navigating(environ):
             return self._redirect(environ, start_response, "")
-        return error_answer(
+        return _json(
             environ,
             start_response,
-            401,
-            "The request could not be authorized",
-            headers=[("WWW-Authenticate", "Bearer")],
-            force_json=True,
+            "401 Unauthorized",
+            UNAUTHORIZED,
+            [("WWW-Authenticate", "Bearer")],
         )
 
     def _step_up(
@@ -84,26 +97,61 @@ class Protect:
         environ["ory.decision"] = "step_up"
         if _navigating(environ):
             return self._redirect(environ, start_response, aal)
-        return error_answer(
+        # Kratos' session_aal2_required, with where to go: SPAs send the browser there.
+        target = self._login_location(environ, aal)
+        error: dict[str, Any] = {
+            "id": "session_aal2_required",
+            "code": 403,
+            "status": "Forbidden",
+            "reason": f"This page needs a session with authenticator assurance level {aal}.",
+            "details": {"redirect_browser_to": target},
+            "message": "Session does not fulfill the requested Authenticator Assurance Level",
+        }
+        body = json.dumps({"error": error, "redirect_browser_to": target}, separators=(",", ":"))
+        return _json(
             environ,
             start_response,
-            403,
-            f"This page needs a session with authenticator assurance level {aal}.",
-            error_id="session_aal2_required",
-            force_json=True,
+            "403 Forbidden",
+            body.encode(),
+            [("Ory-Error-Id", "session_aal2_required")],
         )
+
+    def _login_location(self, environ: WSGIEnvironment, aal: str) -> str:
+        return_to = quote(return_to_url(self.public_url, environ), safe="")
+        return f"{self.login_url}?" + (f"aal={aal}&" if aal else "") + f"return_to={return_to}"
 
     def _redirect(
         self, environ: WSGIEnvironment, start_response: StartResponse, aal: str
     ) -> Iterable[bytes]:
-        return_to = quote(return_to_url(self.public_url, environ), safe="")
-        location = f"{self.login_url}?" + (f"aal={aal}&" if aal else "") + f"return_to={return_to}"
         start_response(
             "303 See Other",
-            [("Location", location), ("Content-Length", "0"), ("Cache-Control", "no-store")],
+            [
+                ("Location", self._login_location(environ, aal)),
+                ("Content-Length", "0"),
+                ("Cache-Control", "no-store"),
+            ],
         )
         return []
 
 
 def _navigating(environ: WSGIEnvironment) -> bool:
     return environ.get("REQUEST_METHOD") in ("GET", "HEAD") and wants_html(environ)
+
+
+def _json(
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    headers: list[tuple[str, str]],
+) -> Iterable[bytes]:
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            *headers,
+        ],
+    )
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]

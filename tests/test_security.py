@@ -1,0 +1,444 @@
+"""Bypass attempts against a real proxy: the upstream must never get a protected path without a JWT.
+
+Requests go out over raw sockets so that the path reaches the proxy exactly as
+written (requests and urllib3 would normalise it first). The upstream records
+every request it receives; after each attempt, each recorded path is read as
+applications read paths (decoded once, dot segments resolved or not, `;params`
+and trailing dots kept or dropped, case kept or folded), and any reading under
+a protected area must have come with a valid JWT from the proxy's key set.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from ory_flows import PASSWORD
+from servers import Gunicorn, ThreadedServer
+from upstream_app import app as upstream_wsgi
+
+from ory_wsgi.testing import FakeKratos
+from ory_wsgi.testing.server import FakeKratosServer
+
+PUBLIC = "https://app.example.com"
+RULES = """
+[[protect]]
+prefix = "/members"
+[[public]]
+prefix = "/members/signup"
+[[protect]]
+glob = "/admin/**"
+"""
+JSON = {"Accept": "application/json"}
+HTML = {"Accept": "text/html"}
+
+
+@dataclass(frozen=True)
+class Seen:
+    raw_uri: str
+    authorization: str
+    headers: dict[str, str]
+
+
+class RecordingUpstream:
+    """The test upstream, remembering the path and Authorization of every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        headers = {k: str(v) for k, v in environ.items() if k.startswith("HTTP_")}
+        seen = Seen(
+            environ.get("REQUEST_URI") or environ["RAW_URI"],
+            environ.get("HTTP_AUTHORIZATION", ""),
+            headers,
+        )
+        with self.lock:
+            self.seen.append(seen)
+        answer: Iterable[bytes] = upstream_wsgi(environ, start_response)
+        return answer
+
+    def since(self, count: int) -> list[Seen]:
+        with self.lock:
+            return self.seen[count:]
+
+
+@pytest.fixture(scope="module")
+def recorder() -> RecordingUpstream:
+    return RecordingUpstream()
+
+
+@pytest.fixture(scope="module")
+def upstream(recorder: RecordingUpstream) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(recorder)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    fake_ory_server: FakeKratosServer,
+    upstream: ThreadedServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gunicorn]:
+    directory = tmp_path_factory.mktemp("security")
+    config = directory / "ory.toml"
+    config.write_text(
+        f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
+        f'[ory]\nsdk_url = "{fake_ory_server.url}"\n{RULES}'
+    )
+    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(proxy: Gunicorn) -> KeySet:
+    status, _, body = send_raw(proxy, "/.ory/jwks.json")
+    assert status == 200
+    return KeySet.import_key_set(json.loads(body))
+
+
+def send_raw(
+    proxy: Gunicorn,
+    target: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request with the request line exactly as given; (status, headers, body)."""
+    fields = {"Host": "app.example.com", **(headers or {}), "Connection": "close"}
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall((head + "\r\n").encode("latin-1"))
+        response = http.client.HTTPResponse(sock, method=method)
+        response.begin()
+        return response.status, response.headers, response.read()
+
+
+def app_readings(raw_uri: str) -> set[str]:
+    """How applications could read a forwarded path (see the module docstring)."""
+    decoded = unquote(raw_uri.split("?", 1)[0], errors="replace").replace("\\", "/")
+    cut = re.split(r"[\x00#?]", decoded, maxsplit=1)[0]
+    readings = set()
+    for text in (decoded, cut):
+        for lenient in (False, True):
+            segments = [s for s in text.split("/") if s]
+            if lenient:
+                segments = [s.split(";", 1)[0] for s in segments]
+                segments = [s if s in (".", "..") else s.rstrip(". ") for s in segments]
+            readings.add("/" + "/".join(s for s in segments if s))
+            resolved: list[str] = []
+            for segment in segments:
+                if segment.split(";", 1)[0] == "..":
+                    if resolved:
+                        resolved.pop()
+                elif segment not in (".", ""):
+                    resolved.append(segment)
+            readings.add("/" + "/".join(resolved))
+    return readings
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def protected_for_app(raw_uri: str) -> bool:
+    """Whether some application would serve this path as a protected page."""
+    for reading in app_readings(raw_uri):
+        for view in (reading, reading.lower()):
+            if _under(view, "/members") and not _under(view, "/members/signup"):
+                return True
+            if _under(view, "/admin"):
+                return True
+    return False
+
+
+def valid_jwt(authorization: str, keys: KeySet) -> bool:
+    if not authorization.startswith("Bearer "):
+        return False
+    try:
+        token = jwt.decode(authorization[7:], keys, algorithms=["ES256"])
+        jwt.JWTClaimsRegistry(
+            iss={"essential": True, "value": PUBLIC}, exp={"essential": True}
+        ).validate(token.claims)
+    except (JoseError, ValueError):
+        return False
+    return True
+
+
+def assert_nothing_protected_without_jwt(seen: list[Seen], keys: KeySet) -> None:
+    for request in seen:
+        if protected_for_app(request.raw_uri):
+            assert valid_jwt(request.authorization, keys), request
+
+
+ATTEMPTS = [
+    "/members",
+    "//members",
+    "///members//x",
+    "/./members",
+    "/%2e/members",
+    "/open/../members",
+    "/open/../../members/x",
+    "/open/%2e%2e/members",
+    "/open/%2E%2E/members",
+    "/open/.%2e/members",
+    "/open/%2e./members",
+    "/members%2fx",
+    "/members%2Fx",
+    "/open%2f..%2fmembers",
+    "/open%2F..%2Fmembers",
+    "/open/%252e%252e/members",
+    "/open%252f..%252fmembers",
+    "/members%252fx",
+    "/open%25%32%66..%25%32%66members",
+    "/open%5c..%5cmembers",
+    "/open%5C..%5Cmembers",
+    "/open\\..\\members",
+    "/members\\x",
+    "/members%00",
+    "/members%00.html",
+    "/open%00/../members",
+    "/members%23",
+    "/open%23/../members",
+    "/members#fragment",
+    "/open#/../members",
+    "/members;jsessionid=0123456789",
+    "/members;x=1/page",
+    "/open;/../members",
+    "/members.",
+    "/members./x",
+    "/members..",
+    "/members%20",
+    "/members%20/x",
+    "/MEMBERS",
+    "/Members/x",
+    "/%6dembers",
+    "/%6Dembers/x",
+    "/open/%c0%ae%c0%ae/members",
+    "/open%c0%af..%c0%afmembers",
+    "/open/%e0%80%ae%e0%80%ae/members",
+    "/open/%u002e%u002e/members",
+    "/members%u002fx",
+    "/%u006dembers",
+    "/members%3f",
+    "/members%3Fx=1",
+    "/members%3b/x",
+    "/members/signup/../x",
+    "/members/signup/..;/x",
+    "/members/signup/..%3b/x",
+    "/members/signup/%2e%2e/x",
+    "/members/signup%2f..%2fx",
+    "/members/signup%2F..%2Fx",
+    "/members/SIGNUP",
+    "/members/Signup/x",
+    "/members/signup.",
+    "/members/signup;x",
+    "/members/signup%20",
+    "/members/signup%3b",
+    "/members/..%3bx/open",
+    "/admin",
+    "/ADMIN/users",
+    "/admin;/users",
+    "/.ory/../members",
+    "/.ory/%2e%2e/members",
+    "/.ory%2f..%2fmembers",
+    "http://evil.example/members",
+    "http://app.example.com/members/x",
+    "/members?a=/../open",
+    "/open?/../members",
+]
+
+
+@pytest.mark.parametrize("target", ATTEMPTS)
+def test_bypass_attempt_never_reaches_a_protected_path_without_a_jwt(
+    proxy: Gunicorn, recorder: RecordingUpstream, keys: KeySet, target: str
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, target, headers=JSON)
+    seen = recorder.since(count)
+    if status in (303, 400, 401):
+        assert not seen, (target, seen)
+    else:
+        assert seen, (target, status)
+    assert_nothing_protected_without_jwt(seen, keys)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET", "POST", "PUT", "DELETE", "PATCH", "TRACE"])
+def test_no_method_dodges_a_rule_without_methods(
+    proxy: Gunicorn, recorder: RecordingUpstream, keys: KeySet, method: str
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/members/x", method=method, headers=JSON)
+    assert status == 401
+    assert_nothing_protected_without_jwt(recorder.since(count), keys)
+
+
+def test_lowercase_method_is_refused_or_gated(proxy: Gunicorn, recorder: RecordingUpstream) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/members/x", method="get", headers=JSON)
+    assert status in (400, 401)
+    assert not recorder.since(count)
+
+
+@pytest.mark.parametrize(
+    "target", ["/members/x", "/open/../members/x", "/members;p=1/x", "/MEMBERS/x", "/%6dembers/x"]
+)
+def test_with_a_session_every_spelling_reaches_the_app_with_a_jwt(
+    proxy: Gunicorn, recorder: RecordingUpstream, keys: KeySet, fake_ory: FakeKratos, target: str
+) -> None:
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, target, headers={**JSON, "X-Session-Token": token})
+    assert status == 200
+    seen = recorder.since(count)
+    assert len(seen) == 1 and valid_jwt(seen[0].authorization, keys)
+
+
+def test_a_forged_jwt_does_not_open_a_protected_path(
+    proxy: Gunicorn, recorder: RecordingUpstream
+) -> None:
+    forged = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhZG1pbiJ9."
+    count = len(recorder.seen)
+    status, _, _ = send_raw(
+        proxy, "/members", headers={**JSON, "Authorization": f"Bearer {forged}"}
+    )
+    assert status == 401
+    assert not recorder.since(count)
+
+
+def test_a_replayed_minted_jwt_does_not_open_a_protected_path(
+    proxy: Gunicorn, recorder: RecordingUpstream, fake_ory: FakeKratos
+) -> None:
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    count = len(recorder.seen)
+    send_raw(proxy, "/members", headers={**JSON, "X-Session-Token": token})
+    minted = recorder.since(count)[0].authorization
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/members", headers={**JSON, "Authorization": minted})
+    assert status == 401
+    assert not recorder.since(count)
+
+
+def login_redirect(location: str) -> str:
+    """The return_to of a login redirect, checked to be on the public URL's login endpoint."""
+    assert location.startswith(f"{PUBLIC}/.ory/self-service/login/browser?"), location
+    return_to = parse_qs(urlsplit(location).query)["return_to"]
+    assert len(return_to) == 1
+    return return_to[0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example"},
+        {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"},
+        {"Forwarded": "host=evil.example;proto=http"},
+        {"X-Original-Host": "evil.example", "X-Host": "evil.example"},
+    ],
+)
+def test_host_headers_never_show_in_the_login_redirect(
+    proxy: Gunicorn, headers: dict[str, str]
+) -> None:
+    status, answer, _ = send_raw(proxy, "/members/x?a=1", headers={**HTML, **headers})
+    assert status == 303
+    assert "evil" not in answer["Location"]
+    assert login_redirect(answer["Location"]) == f"{PUBLIC}/members/x?a=1"
+
+
+def test_absolute_form_request_line_never_shows_in_the_login_redirect(proxy: Gunicorn) -> None:
+    status, answer, _ = send_raw(proxy, "http://evil.example/members/x", headers=HTML)
+    assert status == 303
+    assert "evil" not in answer["Location"]
+    assert login_redirect(answer["Location"]) == f"{PUBLIC}/members/x"
+
+
+@pytest.mark.parametrize(
+    "target", ["/members//evil.example/x", "/members/@evil.example", "/members/x?@evil.example"]
+)
+def test_return_to_always_points_at_the_public_origin(proxy: Gunicorn, target: str) -> None:
+    status, answer, _ = send_raw(proxy, target, headers=HTML)
+    assert status == 303
+    return_to = urlsplit(login_redirect(answer["Location"]))
+    assert (return_to.scheme, return_to.netloc) == ("https", "app.example.com")
+
+
+@pytest.mark.parametrize("header", ["X-Original-URL", "X-Rewrite-URL"])
+def test_path_override_headers_are_ignored_and_not_forwarded(
+    proxy: Gunicorn, recorder: RecordingUpstream, header: str
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/open", headers={**JSON, header: "/members/x"})
+    assert status == 200
+    seen = recorder.since(count)
+    assert [s.raw_uri for s in seen] == ["/open"]
+    assert "HTTP_" + header.upper().replace("-", "_") not in seen[0].headers
+
+
+def test_a_protected_path_with_an_override_header_is_still_gated(
+    proxy: Gunicorn, recorder: RecordingUpstream
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/members/x", headers={**JSON, "X-Original-URL": "/open"})
+    assert status == 401
+    assert not recorder.since(count)
+
+
+def test_suspicious_spelling_inside_a_protected_area_is_a_400(proxy: Gunicorn) -> None:
+    for target in (
+        "/members%2fx",
+        "/open%2f..%2fmembers",
+        "/members%00",
+        "/members%23",
+        "/open%5c..%5cmembers",
+        "/open%252f..%252fmembers",
+        "/open/%c0%ae%c0%ae/members",
+    ):
+        status, _, body = send_raw(proxy, target, headers=JSON)
+        assert status == 400, target
+        assert b'"code":400' in body
+
+
+def test_suspicious_spelling_away_from_protected_areas_is_forwarded(
+    proxy: Gunicorn, recorder: RecordingUpstream
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "/files/a%2Fb", headers=JSON)
+    assert status == 200
+    assert [s.raw_uri for s in recorder.since(count)] == ["/files/a%2Fb"]
+
+
+def test_the_checked_path_is_the_forwarded_path(
+    proxy: Gunicorn, recorder: RecordingUpstream
+) -> None:
+    count = len(recorder.seen)
+    status, _, _ = send_raw(proxy, "//open/./a/../%62?q=%2e%2e", headers=JSON)
+    assert status == 200
+    [seen] = recorder.since(count)
+    path, _, query = seen.raw_uri.partition("?")
+    assert path == "/open/b"
+    # The query is the client's (urllib3 upper-cases its escapes, which changes no reading).
+    assert unquote(query) == "q=.."
+
+
+def test_app_readings_model_sees_the_classic_tricks() -> None:
+    assert protected_for_app("/open/..;/members")
+    assert protected_for_app("/MEMBERS")
+    assert protected_for_app("/members/signup/../x")
+    assert protected_for_app("/members%00.html")
+    assert not protected_for_app("/members/signup/x")
+    assert not protected_for_app("/membership")
