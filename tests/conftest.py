@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ory_flows import Start
-from ory_wsgi.testing import FakeKratos
-
-from ory_wsgi import make_app
 from servers import Gunicorn, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
+
+from ory_wsgi import make_app
+from ory_wsgi.testing import FakeKratos
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +53,9 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
 
 
 @pytest.fixture(scope="session")
-def proxy(upstream_gunicorn: Gunicorn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+def proxy(
+    upstream_gunicorn: Gunicorn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
     """One shared proxy (2 gthread workers) in front of the gunicorn upstream."""
     directory = tmp_path_factory.mktemp("proxy")
     path = directory / "ory.toml"
@@ -92,7 +93,9 @@ def start_ory_proxy(
     """start(extra_toml="", workers=1, threads=8) -> a proxy in front of `upstream` with Ory."""
     started: list[Gunicorn] = []
 
-    def start(extra: str = "", workers: int = 1, threads: int = 8, port: int | None = None) -> Gunicorn:
+    def start(
+        extra: str = "", workers: int = 1, threads: int = 8, port: int | None = None
+    ) -> Gunicorn:
         port = port or free_port()
         public = f"http://127.0.0.1:{port}"
         fake_ory.allowed_return_urls = [public]
@@ -101,8 +104,13 @@ def start_ory_proxy(
             f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{public}"\n'
             f'[ory]\nsdk_url = "{fake_ory.url}"\n{extra}'
         )
-        server = Gunicorn(f'ory_wsgi:make_app("{config}")', workers=workers, threads=threads,
-                          cwd=tmp_path, port=port)
+        server = Gunicorn(
+            f'ory_wsgi:make_app("{config}")',
+            workers=workers,
+            threads=threads,
+            cwd=tmp_path,
+            port=port,
+        )
         started.append(server)
         return server
 

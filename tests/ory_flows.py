@@ -7,16 +7,18 @@ from collections.abc import Callable
 
 import requests
 from joserfc.jwk import KeySet as JoseKeySet
+from servers import Gunicorn
 
 from ory_wsgi.testing import FakeKratos
-from servers import Gunicorn
 
 PASSWORD = "correct horse battery staple"
 
 Start = Callable[..., Gunicorn]
 
 
-def login(proxy: Gunicorn, fake_ory: FakeKratos, email: str = "ada@example.com") -> requests.Session:
+def login(
+    proxy: Gunicorn, fake_ory: FakeKratos, email: str = "ada@example.com"
+) -> requests.Session:
     """Log in as a browser would: follow Ory's login flow through the proxy and post its form."""
     fake_ory.add_identity(email, PASSWORD)
     browser = requests.Session()
@@ -30,8 +32,12 @@ def login(proxy: Gunicorn, fake_ory: FakeKratos, email: str = "ada@example.com")
     assert form_action.startswith(f"{proxy.url}/.ory/self-service/login?flow=")
     done = browser.post(
         form_action,
-        data={"csrf_token": csrf.group(1), "identifier": email, "password": PASSWORD,
-              "method": "password"},
+        data={
+            "csrf_token": csrf.group(1),
+            "identifier": email,
+            "password": PASSWORD,
+            "method": "password",
+        },
         timeout=10,
     )
     assert done.status_code == 200, done.text
@@ -47,5 +53,3 @@ def bearer_of(answer: requests.Response) -> str:
     authorization = answer.json()["headers"].get("Authorization", "")
     assert authorization.startswith("Bearer "), answer.json()["headers"]
     return str(authorization[7:])
-
-

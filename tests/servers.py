@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 15.0, process: subprocess.Popen[Any] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 15.0, process: subprocess.Popen[Any] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -40,23 +42,39 @@ def wait_for_port(port: int, timeout: float = 15.0, process: subprocess.Popen[An
 class Gunicorn:
     """A gunicorn process serving `app_spec`; its stderr is kept for assertions."""
 
-    def __init__(self, app_spec: str, *args: str, workers: int = 1, threads: int = 4,
-                 env: dict[str, str] | None = None, cwd: Path | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self,
+        app_spec: str,
+        *args: str,
+        workers: int = 1,
+        threads: int = 4,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
-        self.log_file = open(self.log_path, "wb")  # noqa: SIM115
+        self.log_file = open(self.log_path, "wb")
         command = [
-            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(workers), "--no-control-socket", "--graceful-timeout", "5",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--no-control-socket",
+            "--graceful-timeout",
+            "5",
         ]
         if threads > 1:
             command += ["--worker-class", "gthread", "--threads", str(threads)]
         command += [*args, app_spec]
         full_env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **(env or {})}
-        self.process = subprocess.Popen(command, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                        env=full_env, cwd=cwd or ROOT)
+        self.process = subprocess.Popen(
+            command, stdout=self.log_file, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or ROOT
+        )
         try:
             wait_for_port(self.port, process=self.process)
         except RuntimeError:

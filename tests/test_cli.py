@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from ory_wsgi.demo import DEMO_EMAIL, DEMO_PASSWORD
 from servers import ROOT, ThreadedServer, free_port, wait_for_port
+
+from ory_wsgi.demo import DEMO_EMAIL, DEMO_PASSWORD
 
 CLI = [sys.executable, "-m", "ory_wsgi.cli"]
 
@@ -142,8 +143,9 @@ def test_demo_shows_login_and_a_verified_jwt() -> None:
         browser = requests.Session()
         home = browser.get(f"{base}/", timeout=10)
         assert "you are not logged in" in home.text
-        gate = browser.get(f"{base}/members", headers={"Accept": "text/html"},
-                           allow_redirects=False, timeout=10)
+        gate = browser.get(
+            f"{base}/members", headers={"Accept": "text/html"}, allow_redirects=False, timeout=10
+        )
         assert gate.status_code == 303
         page = browser.get(gate.headers["Location"], timeout=10)
         action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
@@ -151,8 +153,12 @@ def test_demo_shows_login_and_a_verified_jwt() -> None:
         assert action and csrf, page.text
         members = browser.post(
             action.group(1).replace("&amp;", "&"),
-            data={"csrf_token": csrf.group(1), "identifier": DEMO_EMAIL,
-                  "password": DEMO_PASSWORD, "method": "password"},
+            data={
+                "csrf_token": csrf.group(1),
+                "identifier": DEMO_EMAIL,
+                "password": DEMO_PASSWORD,
+                "method": "password",
+            },
             timeout=10,
         )
         assert members.url == f"{base}/members"

@@ -7,9 +7,10 @@ from typing import Any
 
 import requests
 from joserfc import jwt
-
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
+
 from ory_wsgi.testing import FakeKratos
+
 
 def test_anonymous_request_asks_ory_nothing_and_carries_no_authorization(
     start_ory_proxy: Start, fake_ory: FakeKratos
@@ -24,7 +25,9 @@ def test_a_forged_bearer_is_checked_with_ory_and_never_reaches_the_app(
     start_ory_proxy: Start, fake_ory: FakeKratos
 ) -> None:
     proxy = start_ory_proxy()
-    answer = requests.get(f"{proxy.url}/page", headers={"Authorization": "Bearer forged"}, timeout=5)
+    answer = requests.get(
+        f"{proxy.url}/page", headers={"Authorization": "Bearer forged"}, timeout=5
+    )
     assert "Authorization" not in answer.json()["headers"]
     assert fake_ory.whoami_calls == 1
 
@@ -51,9 +54,12 @@ def test_ory_bound_requests_strip_the_prefix_and_send_no_app_cookies(
 ) -> None:
     proxy = start_ory_proxy()
     fake_ory.reset_counters()
-    requests.get(f"{proxy.url}/.ory/health/alive?x=1", cookies={"app_session": "secret",
-                 "ory_kratos_continuity": "c"}, headers={"Ory-Base-URL-Rewrite": "https://evil"},
-                 timeout=5)
+    requests.get(
+        f"{proxy.url}/.ory/health/alive?x=1",
+        cookies={"app_session": "secret", "ory_kratos_continuity": "c"},
+        headers={"Ory-Base-URL-Rewrite": "https://evil"},
+        timeout=5,
+    )
     logged = fake_ory.request_log[-1]
     headers = {k.lower(): v for k, v in dict(logged.headers).items()}
     assert logged.path == "/health/alive"
@@ -110,8 +116,12 @@ def test_a_minted_token_replayed_by_a_client_never_reaches_the_app(
     proxy = start_ory_proxy()
     identity = fake_ory.add_identity("eve@example.com", PASSWORD)
     _, token = fake_ory.create_session(identity["id"])
-    minted = bearer_of(requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5))
-    replay = requests.get(f"{proxy.url}/x", headers={"Authorization": f"Bearer {minted}"}, timeout=5)
+    minted = bearer_of(
+        requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5)
+    )
+    replay = requests.get(
+        f"{proxy.url}/x", headers={"Authorization": f"Bearer {minted}"}, timeout=5
+    )
     assert "Authorization" not in replay.json()["headers"]
 
 

@@ -13,11 +13,21 @@ from urllib.parse import parse_qs
 Environ = dict[str, Any]
 
 
-def _json(start_response: Any, document: Any, status: str = "200 OK",
-          headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+def _json(
+    start_response: Any,
+    document: Any,
+    status: str = "200 OK",
+    headers: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     body = json.dumps(document).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body))), *(headers or [])])
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *(headers or []),
+        ],
+    )
     return [body]
 
 
@@ -41,18 +51,23 @@ def echo(environ: Environ, start_response: Any) -> Iterable[bytes]:
         digest.update(data)
         if remaining is not None:
             remaining -= len(data)
-    headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    headers = {
+        k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")
+    }
     if environ.get("CONTENT_TYPE"):
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     if environ.get("CONTENT_LENGTH"):
         headers["Content-Length"] = environ["CONTENT_LENGTH"]
-    return _json(start_response, {
-        "method": environ["REQUEST_METHOD"],
-        "raw_uri": environ.get("RAW_URI") or environ.get("REQUEST_URI"),
-        "headers": headers,
-        "size": size,
-        "sha256": digest.hexdigest(),
-    })
+    return _json(
+        start_response,
+        {
+            "method": environ["REQUEST_METHOD"],
+            "raw_uri": environ.get("RAW_URI") or environ.get("REQUEST_URI"),
+            "headers": headers,
+            "size": size,
+            "sha256": digest.hexdigest(),
+        },
+    )
 
 
 def sse(environ: Environ, start_response: Any) -> Iterator[bytes]:
@@ -90,28 +105,46 @@ def redirect(environ: Environ, start_response: Any) -> Iterable[bytes]:
 
 
 def cookies(environ: Environ, start_response: Any) -> Iterable[bytes]:
-    return _json(start_response, {"ok": True}, headers=[
-        ("Set-Cookie", "a=1; Path=/; HttpOnly"),
-        ("X-Between", "yes"),
-        ("Set-Cookie", "b=2; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Path=/"),
-        ("Set-Cookie", "c=3; Domain=app.example.com; SameSite=None; Secure"),
-    ])
+    return _json(
+        start_response,
+        {"ok": True},
+        headers=[
+            ("Set-Cookie", "a=1; Path=/; HttpOnly"),
+            ("X-Between", "yes"),
+            ("Set-Cookie", "b=2; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Path=/"),
+            ("Set-Cookie", "c=3; Domain=app.example.com; SameSite=None; Secure"),
+        ],
+    )
 
 
 def hop(environ: Environ, start_response: Any) -> Iterable[bytes]:
-    start_response("200 OK", [
-        ("Content-Type", "text/plain"), ("Content-Length", "2"),
-        ("Connection", "X-Secret-Hop"), ("X-Secret-Hop", "1"), ("Keep-Alive", "timeout=5"),
-        ("Proxy-Authenticate", "Basic"), ("Trailer", "X-T"), ("Upgrade", "h2c"),
-        ("X-Kept", "1"),
-    ])
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", "2"),
+            ("Connection", "X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Trailer", "X-T"),
+            ("Upgrade", "h2c"),
+            ("X-Kept", "1"),
+        ],
+    )
     return [b"ok"]
 
 
 def gzipped(environ: Environ, start_response: Any) -> Iterable[bytes]:
     body = gzip.compress(b"hello compressed world " * 100)
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Encoding", "gzip"),
-                              ("Content-Length", str(len(body)))])
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Encoding", "gzip"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
     return [body]
 
 
@@ -177,9 +210,20 @@ def request_id(environ: Environ, start_response: Any) -> Iterable[bytes]:
 
 
 ROUTES = {
-    "/sse": sse, "/big": big, "/slow": slow, "/redirect": redirect, "/cookies": cookies,
-    "/hop": hop, "/gzip": gzipped, "/status": status, "/hello": head_aware, "/stall": stall,
-    "/peer": peer, "/endless": endless, "/cut": cut, "/request-id": request_id,
+    "/sse": sse,
+    "/big": big,
+    "/slow": slow,
+    "/redirect": redirect,
+    "/cookies": cookies,
+    "/hop": hop,
+    "/gzip": gzipped,
+    "/status": status,
+    "/hello": head_aware,
+    "/stall": stall,
+    "/peer": peer,
+    "/endless": endless,
+    "/cut": cut,
+    "/request-id": request_id,
 }
 
 
@@ -190,11 +234,15 @@ def app(environ: Environ, start_response: Any) -> Iterable[bytes]:
 
 def own_cors(environ: Environ, start_response: Any) -> Iterable[bytes]:
     """Sends its own CORS headers, as an application with a CORS plugin does."""
-    return _json(start_response, {"own_cors": True}, headers=[
-        ("Access-Control-Allow-Origin", "*"),
-        ("Access-Control-Allow-Credentials", "true"),
-        ("Vary", "Accept-Encoding"),
-    ])
+    return _json(
+        start_response,
+        {"own_cors": True},
+        headers=[
+            ("Access-Control-Allow-Origin", "*"),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Accept-Encoding"),
+        ],
+    )
 
 
 ROUTES["/own-cors"] = own_cors
