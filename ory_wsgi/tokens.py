@@ -7,7 +7,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from joserfc import jwt
@@ -15,6 +14,7 @@ from joserfc.jws import JWSRegistry
 
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.keys import ALGORITHM, KeySet
+from ory_wsgi.ory.client import rfc3339_epoch
 
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "session"})
 # A cached token is handed out until this share of its life has passed, so
@@ -107,7 +107,7 @@ class TokenMinter:
         now = time.time()
         issued_at = int(now)
         expires = issued_at + int(self.ttl)
-        session_end = _parse_time(session.get("expires_at"))
+        session_end = rfc3339_epoch(session.get("expires_at"))
         if session_end is not None:
             expires = max(issued_at, min(expires, int(session_end)))
         claims: dict[str, Any] = {}
@@ -145,16 +145,3 @@ def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
             return None
         value = value.get(part)
     return value
-
-
-def _parse_time(value: Any) -> float | None:
-    """Seconds since the epoch of an RFC 3339 time as Kratos writes it; None if absent."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

@@ -365,7 +365,7 @@ def _session_lookup(body: bytes) -> Lookup:
         "authenticated",
         session=session,
         subject=subject,
-        expires_at=_epoch(session.get("expires_at")),
+        expires_at=rfc3339_epoch(session.get("expires_at")),
     )
 
 
@@ -387,7 +387,8 @@ def _forbidden_lookup(body: bytes) -> Lookup:
     )
 
 
-def _epoch(value: object) -> float | None:
+def rfc3339_epoch(value: object) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time as Kratos writes it; None if absent or bad."""
     if not isinstance(value, str):
         return None
     try:
