@@ -12,8 +12,10 @@ from ory_wsgi.errors import ConfigError, StartupConfigError
 from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.layers import Around, ory_forwarder_for, ory_layers
 from ory_wsgi.logs import configure_logging
+from ory_wsgi.metrics import METRICS_PATH, Metrics
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
+from ory_wsgi.websocket import WebSocketSplice, websocket_origins
 from ory_wsgi.wrappers.access_log import AccessLog
 from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import Handler, ProxyNamespace
@@ -43,9 +45,13 @@ def public_url(settings: Settings) -> str:
     return (settings.proxy.public_url or f"http://localhost:{settings.server.port}").rstrip("/")
 
 
-def build_app(settings: Settings) -> WSGIApplication:
-    """The whole stack for already-loaded settings, innermost layer first."""
+def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplication:
+    """The whole stack for already-loaded settings, innermost layer first.
+
+    `metrics`: Prometheus metrics; by default on when PROMETHEUS_MULTIPROC_DIR is set.
+    """
     proxy = settings.proxy
+    metrics = metrics or Metrics.from_environment()
     if not proxy.upstream:
         raise ConfigError(
             "[proxy] upstream is not set: name the application to protect, "
@@ -53,7 +59,7 @@ def build_app(settings: Settings) -> WSGIApplication:
         )
     configure_logging(settings.log.format, settings.log.level)
     public = public_url(settings)
-    app: WSGIApplication = Forwarder(
+    forwarder = Forwarder(
         proxy.upstream,
         public,
         rewrite_host=proxy.rewrite_host,
@@ -62,12 +68,19 @@ def build_app(settings: Settings) -> WSGIApplication:
         connect_timeout=proxy.connect_timeout,
         read_timeout=proxy.read_timeout,
     )
+    app: WSGIApplication = WebSocketSplice(
+        forwarder,
+        proxy.upstream,
+        connect_timeout=proxy.connect_timeout,
+        read_timeout=proxy.read_timeout,
+        origins=websocket_origins(settings.cors.allowed_origins, public),
+    )
     routes: dict[str, Handler] = {}
     ory_forwarder: OryForwarder | None = None
     around: Around | None = None
     ory_url = settings.ory_url
     if ory_url:
-        around, routes = ory_layers(settings, public)
+        around, routes = ory_layers(settings, public, metrics)
         app = around(app)
         ory_forwarder = ory_forwarder_for(settings, public)
     elif settings.protect or settings.decisions.enabled:
@@ -87,9 +100,13 @@ def build_app(settings: Settings) -> WSGIApplication:
         settings.cors.max_age,
     )
     routes.setdefault(READY_PATH, Readiness())
+    if metrics is not None:
+        routes[METRICS_PATH] = metrics.endpoint
     app = ProxyNamespace(app, routes)
     if around is not None and settings.decisions.enabled:
         if not settings.protect:
             log.warning("[decisions] enabled without [[protect]] rules: every decision is 200")
         app = Decisions(app, around, proxy.trusted_proxies)
+    if metrics is not None:
+        app = metrics.wrap(app)
     return AccessLog(app)

@@ -42,6 +42,15 @@ keepalive = 75
 forwarded_allow_ips = ""
 
 
+def on_starting(server: Any) -> None:
+    """Start Prometheus' multiprocess directory empty: old workers' files would count again."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(directory, name))
+
+
 def post_worker_init(worker: Any) -> None:
     """Make SIGTERM turn readiness 503 at once, then stop accepting after `DRAIN` seconds."""
     stop = worker.handle_exit

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ory_wsgi.keys import KeySet
+from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, session_cookie_names
 from ory_wsgi.ory.rewrite import OryRewriter
@@ -25,7 +26,7 @@ Around = Callable[[WSGIApplication], WSGIApplication]
 
 
 def ory_layers(
-    settings: Settings, public: str
+    settings: Settings, public: str, metrics: Metrics | None = None
 ) -> tuple[Around, dict[str, Handler]]:
     """Session lookup, protection and session → JWT, to wrap around an app, and their endpoints.
 
@@ -48,7 +49,7 @@ def ory_layers(
         api_key=settings.ory.api_key,
         base_url_rewrite=public + "/.ory",
     )
-    cache = SessionCache(
+    cache = (metrics.session_cache if metrics else SessionCache)(
         settings.session_cache.ttl,
         settings.session_cache.negative_ttl,
         settings.session_cache.max_entries,
