@@ -67,7 +67,9 @@ class LogoutEndpoint:
                 location = self.client.logout_url(credentials, environ.get("ory.request_id", ""))
             except OryUnavailable:
                 return error_answer(
-                    environ, start_response, 503,
+                    environ,
+                    start_response,
+                    503,
                     "The login service is unavailable, try again shortly.",
                     headers=[("Retry-After", "5")],
                 )

@@ -541,9 +541,9 @@ def test_location_is_untouched_or_ours_never_elsewhere(
     result = rewriter.rewrite_location(location, path)
     if result in (location, WELCOME_TARGET):
         return
-    if result == "https://id.example.com" or result.startswith(("https://id.example.com/",
-                                                                 "https://id.example.com?",
-                                                                 "https://id.example.com#")):
+    if result == "https://id.example.com" or result.startswith(
+        ("https://id.example.com/", "https://id.example.com?", "https://id.example.com#")
+    ):
         # Kratos under /kratos: a path outside it (Ory's root too) stays on Ory's own host.
         return
     assert result.startswith(rewriter.public_ory)

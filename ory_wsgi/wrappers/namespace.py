@@ -1,6 +1,6 @@
 """The proxy namespace `/.ory/proxy/*`: answered here, never forwarded.
 
-    app = ProxyNamespace(app)
+app = ProxyNamespace(app)
 """
 
 from __future__ import annotations

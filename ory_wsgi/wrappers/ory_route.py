@@ -150,7 +150,9 @@ class OryRoute:
         ory_path = path[len(PREFIX) :] or "/"
         if self.forwarder is None:
             return error_answer(
-                environ, start_response, 404,
+                environ,
+                start_response,
+                404,
                 "Ory is not configured: set [ory] sdk_url or project (ORY_SDK_URL, ORY_PROJECT).",
             )
         if _is_admin(ory_path):
