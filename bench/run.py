@@ -1,12 +1,14 @@
-"""Throughput of ory_wsgi against werkzeug's ProxyMiddleware: same gunicorn, same upstream.
+"""ory_wsgi against werkzeug's ProxyMiddleware, nginx and a bare WSGI app: one run, same gunicorn.
 
-    .venv/bin/python bench/run.py [--duration 6] [--rounds 3] [--connections 16]
+    .venv/bin/python bench/run.py              # throughput and latency, ~2.5 min
+    .venv/bin/python bench/run.py --memory     # 1 GiB download and 1 GiB chunked upload
 
-Starts one upstream and the proxies under identical gunicorn settings on free
-loopback ports, drives each with wrk (or a small Python load generator when
-wrk cannot be had), alternating rounds, and prints the medians, the CPU each
-server spent per request, and the ratio ory_wsgi / werkzeug. Exits non-zero
-only when the benchmark could not run, never because a target was missed.
+Starts one upstream, the Kratos stand-in (as Ory) and every server under
+identical settings on free loopback ports, drives each with wrk (or a small
+Python load generator when wrk cannot be had) in alternating rounds, and
+prints requests/s, p50/p99, the CPU each server spent per request and the
+ratios against werkzeug. Exits non-zero only when the benchmark could not
+run, never because a target was missed.
 """
 
 from __future__ import annotations
@@ -39,8 +41,14 @@ HOST = "127.0.0.1"
 PATH = "/hello?page=1"
 EXPECTED_BODY = b"Hello from the upstream application.\n"
 START_TIMEOUT = 20.0
-TARGET_RATIO = 1.25
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+MEMORY_BUDGET = 32 * MIB
+# Targets of the issue, as ratios to werkzeug's requests/s in the same run.
+TARGETS = {"ory_wsgi, anonymous": 1.5, "ory_wsgi, logged in, cached": 1.25}
+WERKZEUG = "werkzeug ProxyMiddleware"
+CONCURRENT_FIRST_REQUESTS = 30
 
 
 class BenchError(Exception):
@@ -65,7 +73,7 @@ class Result:
     p99_ms: float
     errors: int
     cpu_us: float  # CPU time of the measured server per request
-    upstream_cpu_us: float  # CPU time of the upstream per request (0 for the upstream itself)
+    upstream_cpu_us: float  # CPU time of the upstream (and Ory) per request
 
 
 def free_port() -> int:
@@ -80,25 +88,49 @@ def split_url(url: str) -> tuple[str, int, str]:
     return host, int(port), "/" + target
 
 
-def fetch(url: str) -> tuple[int, bytes]:
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     host, port, target = split_url(url)
     connection = http.client.HTTPConnection(host, port, timeout=5)
     try:
-        connection.request("GET", target)
+        connection.request("GET", target, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
 
 
+def process_group(leader: int) -> list[tuple[int, list[str]]]:
+    """(pid, /proc/PID/stat fields after the command name) of each process in a group."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == leader:
+                members.append((int(stat.parent.name), fields))
+    return members
+
+
+def rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class Server:
     """A server process in its own process group, so that stopping it stops its workers."""
 
     def __init__(
-        self, name: str, command: list[str], workdir: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        command: list[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = workdir / f"{''.join(ch for ch in name if ch.isalnum())}-{self.port}.log"
         # The checkout first, so that the code measured is the code in this tree.
@@ -110,6 +142,7 @@ class Server:
                 [part.replace("{port}", str(self.port)) for part in command],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=workdir,
                 env={**os.environ, "PYTHONPATH": python_path, **(env or {})},
                 start_new_session=True,
@@ -137,7 +170,7 @@ class Server:
         ]
         return cls(name, command, workdir, env)
 
-    def wait_ready(self, workers: int) -> None:
+    def wait_ready(self, workers: int, path: str = PATH) -> None:
         """Wait until `workers` gunicorn workers have booted and the upstream's body comes back."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -148,7 +181,7 @@ class Server:
             booted = self.log_path.read_text(errors="replace").count("Booting worker")
             if booted >= workers:
                 with contextlib.suppress(OSError, http.client.HTTPException):
-                    status, body = fetch(self.url + PATH)
+                    status, body = fetch(self.url + path)
                     if status == 200 and body == EXPECTED_BODY:
                         return
                     raise BenchError(
@@ -162,14 +195,12 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the master and its workers so far."""
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                # Fields after the parenthesised command name; pgrp is the 5th field overall.
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.process.pid:
-                    total += int(fields[11]) + int(fields[12])
-        return total / CLOCK_TICKS
+        members = process_group(self.process.pid)
+        return sum(int(fields[11]) + int(fields[12]) for _, fields in members) / CLOCK_TICKS
+
+    def workers(self) -> list[int]:
+        """The processes of the group other than its leader (gunicorn's or nginx's workers)."""
+        return [pid for pid, _ in process_group(self.process.pid) if pid != self.process.pid]
 
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -188,10 +219,127 @@ class Server:
             self.process.wait()
 
 
+class Kratos(Server):
+    """The Kratos stand-in (bench/kratos.py), driven by one-line commands on a pipe."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.name = "Ory (Kratos stand-in)"
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = workdir / f"kratos-{self.port}.log"
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, str(BENCH / "kratos.py"), str(self.port)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                cwd=workdir,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                start_new_session=True,
+            )
+        self.lock = threading.Lock()
+        ready = self._read_line()
+        if not ready.startswith("ready"):
+            raise BenchError(f"the Kratos stand-in did not start: {ready!r}\n{self.log_tail()}")
+
+    def _read_line(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise BenchError(f"the Kratos stand-in exited:\n{self.log_tail()}")
+        return line.strip()
+
+    def command(self, text: str) -> str:
+        assert self.process.stdin is not None
+        with self.lock:
+            self.process.stdin.write(text + "\n")
+            self.process.stdin.flush()
+            return self._read_line()
+
+    def new_session(self) -> str:
+        """A fresh identity's session token (`ory_st_...`)."""
+        return self.command("session")
+
+    def whoami_calls(self, token: str) -> int:
+        return int(self.command(f"whoami {token}"))
+
+
+def nginx_server(upstream_url: str, workdir: Path, workers: int) -> Server:
+    """nginx as a plain reverse proxy: keep-alive upstream connections, buffered access log."""
+    executable = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    home = workdir / f"nginx-{port}"
+    home.mkdir()
+    _, upstream_port, _ = split_url(upstream_url)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (home / "nginx.conf").write_text(
+        f"""{user}worker_processes {workers};
+pid {home}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {home}/access.log combined buffer=64k flush=1s;
+    client_body_temp_path {home}/body;
+    proxy_temp_path {home}/proxy;
+    fastcgi_temp_path {home}/fastcgi;
+    uwsgi_temp_path {home}/uwsgi;
+    scgi_temp_path {home}/scgi;
+    upstream app {{
+        server {HOST}:{upstream_port};
+        keepalive 32;
+    }}
+    server {{
+        listen {HOST}:{port} reuseport;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"""
+    )
+    command = [executable, "-e", "stderr", "-p", str(home), "-c", str(home / "nginx.conf")]
+    return Server("nginx", [*command, "-g", "daemon off;"], workdir, port=port)
+
+
+def find_nginx(allow_install: bool) -> bool:
+    """nginx present, or installed with apt-get (Debian's nginx-light) when root."""
+    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
+        return True
+    return apt_install("nginx-light", allow_install) and bool(shutil.which("nginx"))
+
+
+def apt_install(package: str, allow_install: bool) -> bool:
+    if not (allow_install and os.geteuid() == 0 and shutil.which("apt-get")):
+        return False
+    print(f"installing {package} with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with contextlib.suppress(subprocess.SubprocessError, OSError):
+        for command in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", package],
+        ):
+            subprocess.run(
+                command,
+                timeout=180,
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        return True
+    return False
+
+
 class LoadTool(Protocol):
     label: str
 
-    def run(self, url: str, duration: float, connections: int) -> Load: ...
+    def run(self, url: str, duration: float, connections: int, headers: dict[str, str]) -> Load: ...
 
 
 class Wrk:
@@ -204,7 +352,7 @@ class Wrk:
         words = (version.stdout or version.stderr).split()
         self.label = f"wrk {words[1] if len(words) > 1 else ''} -t{threads}".replace("  ", " ")
 
-    def run(self, url: str, duration: float, connections: int) -> Load:
+    def run(self, url: str, duration: float, connections: int, headers: dict[str, str]) -> Load:
         command = [
             self.executable,
             f"-t{self.threads}",
@@ -214,10 +362,11 @@ class Wrk:
             "5s",
             "-s",
             str(BENCH / "wrk_report.lua"),
-            url,
         ]
+        for name, value in headers.items():
+            command += ["-H", f"{name}: {value}"]
         finished = subprocess.run(
-            command, capture_output=True, text=True, timeout=duration + 30, check=False
+            [*command, url], capture_output=True, text=True, timeout=duration + 30, check=False
         )
         for line in finished.stdout.splitlines():
             if line.startswith("BENCH_JSON "):
@@ -254,7 +403,7 @@ class PythonLoad:
 
     label = "python load generator (threads, keep-alive http.client)"
 
-    def run(self, url: str, duration: float, connections: int) -> Load:
+    def run(self, url: str, duration: float, connections: int, headers: dict[str, str]) -> Load:
         host, port, target = split_url(url)
         deadline = time.perf_counter() + duration
         latencies: list[list[float]] = [[] for _ in range(connections)]
@@ -265,7 +414,7 @@ class PythonLoad:
             connection = http.client.HTTPConnection(host, port, timeout=5)
             while (started := time.perf_counter()) < deadline:
                 try:
-                    connection.request("GET", target)
+                    connection.request("GET", target, headers=headers)
                     response = connection.getresponse()
                     response.read()
                 except (OSError, http.client.HTTPException):
@@ -302,22 +451,7 @@ class PythonLoad:
 def find_load_tool(wrk_threads: int, allow_install: bool) -> LoadTool:
     """wrk if present or installable with apt-get (as root), else the Python generator."""
     executable = shutil.which("wrk")
-    if executable is None and allow_install and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("wrk not found: installing it with apt-get ...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            for command in (
-                ["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", "wrk"],
-            ):
-                subprocess.run(
-                    command,
-                    timeout=90,
-                    check=True,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+    if executable is None and apt_install("wrk", allow_install):
         executable = shutil.which("wrk")
     if executable is None:
         return PythonLoad()
@@ -326,19 +460,20 @@ def find_load_tool(wrk_threads: int, allow_install: bool) -> LoadTool:
 
 @dataclass
 class Target:
-    """One server under load, the upstream behind it, and the results of its rounds."""
+    """One server under one kind of load, what else it makes work, and its rounds' results."""
 
     name: str
     server: Server
-    upstream: Server | None
+    behind: list[Server]  # the upstream (and Ory) whose CPU the requests also cost
+    headers: dict[str, str] = field(default_factory=dict)
     results: list[Result] = field(default_factory=list)
 
     def measure(self, tool: LoadTool, duration: float, connections: int) -> Result:
         cpu = self.server.cpu_seconds()
-        upstream_cpu = self.upstream.cpu_seconds() if self.upstream else 0.0
-        load = tool.run(self.server.url + PATH, duration, connections)
+        behind_cpu = sum(server.cpu_seconds() for server in self.behind)
+        load = tool.run(self.server.url + PATH, duration, connections, self.headers)
         cpu = self.server.cpu_seconds() - cpu
-        upstream_cpu = (self.upstream.cpu_seconds() - upstream_cpu) if self.upstream else 0.0
+        behind_cpu = sum(server.cpu_seconds() for server in self.behind) - behind_cpu
         per_request = 1e6 / max(load.requests, 1)
         result = Result(
             load.requests / load.seconds,
@@ -346,7 +481,7 @@ class Target:
             load.p99_ms,
             load.errors,
             cpu * per_request,
-            upstream_cpu * per_request,
+            behind_cpu * per_request,
         )
         self.results.append(result)
         return result
@@ -381,50 +516,86 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def report(targets: list[Target], ory: Target, werkzeug: Target, out: IO[str]) -> None:
+def report(targets: list[Target], out: IO[str]) -> None:
+    by_name = {target.name: target for target in targets}
+    werkzeug = by_name[WERKZEUG]
     base = werkzeug.median()
     print(
-        f"\n{'server':<30} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'CPU us/req':>10} {'+upstream':>9} {'req/s vs werkzeug':>18}",
+        f"\n{'server':<34} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'CPU us/req':>10} {'+behind':>8} {'vs werkzeug':>12}",
         file=out,
     )
     for target in targets:
         median = target.median()
         ratio = median.requests_per_s / base.requests_per_s
         print(
-            f"{target.name:<30} {median.requests_per_s:>7.0f} {median.p50_ms:>7.2f} "
+            f"{target.name:<34} {median.requests_per_s:>7.0f} {median.p50_ms:>7.2f} "
             f"{median.p99_ms:>7.2f} {median.errors:>6} {median.cpu_us:>10.0f} "
-            f"{median.upstream_cpu_us:>9.0f} {ratio:>17.2f}x",
+            f"{median.upstream_cpu_us:>8.0f} {ratio:>11.2f}x",
             file=out,
         )
     print(
-        "CPU us/req: user+system CPU of the server's processes per request; "
-        "+upstream: the upstream's, for the same requests.",
+        "CPU us/req: user+system CPU of the server's processes per request; +behind: the "
+        "upstream's and Ory's, for the same requests. vs werkzeug: ratio of the medians.",
         file=out,
     )
-    ory_median = ory.median()
-    throughput = ory_median.requests_per_s / base.requests_per_s
-    paired = [
-        mine.requests_per_s / theirs.requests_per_s
-        for mine, theirs in zip(ory.results, werkzeug.results, strict=True)
-    ]
-    proxy_cpu = base.cpu_us / ory_median.cpu_us if ory_median.cpu_us else 0.0
-    total_cpu = (base.cpu_us + base.upstream_cpu_us) / (
-        (ory_median.cpu_us + ory_median.upstream_cpu_us) or 1.0
-    )
-    # Rounds of the two are run back to back, so their ratio cancels most of the drift
-    # that neighbours cause; its median is the headline figure.
-    headline = float(statistics.median(paired))
-    verdict = "meets" if headline >= TARGET_RATIO else "misses"
+    print("", file=out)
+    for name in [target.name for target in targets if target.name.startswith("ory_wsgi")]:
+        ours = by_name[name]
+        # Rounds are measured seconds apart in alternating order: the median of the
+        # per-round ratios cancels most of the drift that neighbours on the machine cause.
+        paired = [
+            mine.requests_per_s / theirs.requests_per_s
+            for mine, theirs in zip(ours.results, werkzeug.results, strict=True)
+        ]
+        headline = float(statistics.median(paired))
+        wanted = TARGETS.get(name)
+        verdict = (
+            f" ({'meets' if headline >= wanted else 'misses'} the {wanted}x target)"
+            if wanted
+            else ""
+        )
+        cpu_ratio = base.cpu_us / ours.median().cpu_us if ours.median().cpu_us else 0.0
+        print(
+            f"{name} / werkzeug: {headline:.2f}x req/s (per round "
+            + ", ".join(f"{ratio:.2f}x" for ratio in paired)
+            + f"){verdict}; werkzeug's CPU per request / ours {cpu_ratio:.2f}x",
+            file=out,
+        )
+
+
+def single_flight_check(proxy: Server, kratos: Kratos, workers: int, out: IO[str]) -> None:
+    """30 concurrent first requests of one new session: how many whoami calls they cost."""
+    token = kratos.new_session()
+    barrier = threading.Barrier(CONCURRENT_FIRST_REQUESTS)
+    statuses: list[int] = []
+    host, port, _ = split_url(proxy.url)
+
+    def first_request() -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            connection.connect()
+            barrier.wait(10)
+            connection.request("GET", PATH, headers={"X-Session-Token": token})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+        except (OSError, http.client.HTTPException, threading.BrokenBarrierError):
+            statuses.append(0)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first_request) for _ in range(CONCURRENT_FIRST_REQUESTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    calls = kratos.whoami_calls(token)
+    ok = statuses.count(200)
+    verdict = "meets" if calls <= workers and ok == CONCURRENT_FIRST_REQUESTS else "misses"
     print(
-        f"\nory_wsgi / werkzeug throughput: {headline:.2f}x, median of the per-round ratios "
-        + ", ".join(f"{ratio:.2f}x" for ratio in paired)
-        + f" ({verdict} the {TARGET_RATIO}x target); ratio of the medians {throughput:.2f}x",
-        file=out,
-    )
-    print(
-        f"werkzeug / ory_wsgi CPU per request: proxy alone {proxy_cpu:.2f}x, "
-        f"proxy + upstream {total_cpu:.2f}x",
+        f"{CONCURRENT_FIRST_REQUESTS} concurrent first requests of one session: {ok} answered "
+        f"200, {calls} whoami call(s) for {workers} workers ({verdict} the 1-per-worker target)",
         file=out,
     )
 
@@ -432,11 +603,21 @@ def report(targets: list[Target], ory: Target, werkzeug: Target, out: IO[str]) -
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server")
-    parser.add_argument("--rounds", type=int, default=3, help="measurements per server (median)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per target (median)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn --threads of each proxy")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn --workers of each server")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn --threads of each server")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of throughput: a 1 GiB download and a 1 GiB chunked upload through "
+        "ory_wsgi, reporting the growth of its workers' resident memory",
+    )
+    parser.add_argument(
+        "--memory-size", type=int, default=1024, metavar="MIB", help="transfer size of --memory"
+    )
     parser.add_argument(
         "--upstream",
         choices=("asyncio", "gunicorn"),
@@ -444,15 +625,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the upstream server: the cheap asyncio responder (default) or "
         "upstream:app under gunicorn gthread",
     )
-    parser.add_argument(
-        "--no-quiet",
-        action="store_true",
-        help="skip the second ory_wsgi figure with log level warning",
-    )
+    parser.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     parser.add_argument(
         "--no-install",
         action="store_true",
-        help="never apt-get install wrk; fall back to the Python generator",
+        help="never apt-get install wrk or nginx; fall back to the Python generator",
     )
     parser.add_argument(
         "--python-load",
@@ -465,7 +642,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="LABEL=SPEC",
         help="also measure this gunicorn app spec under the same settings; "
-        "{upstream} in SPEC and $BENCH_UPSTREAM name the upstream URL",
+        "{upstream} and {ory} in SPEC (and $BENCH_UPSTREAM) name the upstream and Ory URLs",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.threads < 1:
@@ -488,99 +665,268 @@ def exit_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def proxy_specs(args: argparse.Namespace, upstream_url: str) -> list[tuple[str, str]]:
-    """(label, gunicorn app spec) of each proxy, ending with ory_wsgi and werkzeug.
-
-    The two compared come last and side by side, so that in every round (forward
-    or reversed) one is measured right after the other.
-    """
-    specs = []
-    if not args.no_quiet:
-        quiet = f'ory_wsgi:make_app(upstream="{upstream_url}", log={{"level": "warning"}})'
-        specs.append(("ory_wsgi (log level warning)", quiet))
-    for extra in args.app:
-        label, _, spec = extra.partition("=")
-        if not spec:
-            raise BenchError(f"--app {extra!r}: expected LABEL=SPEC")
-        specs.append((label, spec.replace("{upstream}", upstream_url)))
-    specs.append(("ory_wsgi (access log on)", f'ory_wsgi:make_app(upstream="{upstream_url}")'))
-    specs.append(("werkzeug ProxyMiddleware", "werkzeug_proxy:app"))
-    return specs
+def ory_spec(upstream_url: str, ory_url: str, cache: bool) -> str:
+    """ory_wsgi with Ory: default settings (JSON access log on), the session cache on or off."""
+    extra = "" if cache else ', session_cache={"ttl": 0}'
+    return f'ory_wsgi:make_app(upstream="{upstream_url}", ory={{"sdk_url": "{ory_url}"}}{extra})'
 
 
-def run(args: argparse.Namespace, out: IO[str]) -> None:
-    if version_of("gunicorn") == "?":
-        raise BenchError(
-            f"gunicorn is not installed for {sys.executable}; "
-            "run the benchmark with the project's .venv/bin/python"
+def gunicorn_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+    ]
+
+
+def start_upstream(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Server:
+    if args.upstream == "gunicorn" or args.memory:
+        upstream = Server.gunicorn(
+            "upstream",
+            "upstream:app",
+            ["--worker-class", "gthread", "--workers", "2", "--threads", "16"],
+            workdir,
         )
+        servers.append(upstream)
+        upstream.wait_ready(2)
+    else:
+        upstream = Server(
+            "upstream", [sys.executable, str(BENCH / "upstream.py"), "{port}"], workdir
+        )
+        servers.append(upstream)
+        upstream.wait_ready(0)
+    return upstream
+
+
+def print_machine(out: IO[str]) -> None:
+    print(
+        f"{os.cpu_count()} CPUs ({cpu_model()}), load average {os.getloadavg()[0]:.2f} "
+        f"before the run; Python {platform.python_version()}, gunicorn "
+        f"{version_of('gunicorn')}, werkzeug {version_of('werkzeug')}",
+        file=out,
+    )
+    if os.getloadavg()[0] > 1.0:
+        print("other processes keep the CPUs busy: expect noisy figures", file=out)
+
+
+def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
     tool: LoadTool = (
         PythonLoad() if args.python_load else find_load_tool(args.wrk_threads, not args.no_install)
     )
-    proxy_args = ["--worker-class", "gthread", "--workers", "2", "--threads", str(args.threads)]
+    with_nginx = not args.no_nginx and find_nginx(not args.no_install)
+    proxy_args = gunicorn_args(args)
     servers: list[Server] = []
     workdir = Path(tempfile.mkdtemp(prefix="ory-wsgi-bench-"))
     try:
-        if args.upstream == "gunicorn":
-            upstream = Server.gunicorn(
-                "upstream",
-                "upstream:app",
-                ["--worker-class", "gthread", "--workers", "2", "--threads", "16"],
-                workdir,
-            )
-            upstream_label, upstream_workers = "gunicorn gthread 2x16, upstream:app", 2
-        else:
-            upstream = Server(
-                "upstream", [sys.executable, str(BENCH / "upstream.py"), "{port}"], workdir
-            )
-            upstream_label, upstream_workers = "asyncio responder, bench/upstream.py", 0
-        servers.append(upstream)
-        upstream.wait_ready(upstream_workers)
-        targets = [Target("upstream alone (reference)", upstream, None)]
-        for label, spec in proxy_specs(args, upstream.url):
-            server = Server.gunicorn(
-                label, spec, proxy_args, workdir, {"BENCH_UPSTREAM": upstream.url}
-            )
+        upstream = start_upstream(args, workdir, servers)
+        kratos = Kratos(workdir)
+        servers.append(kratos)
+        env = {"BENCH_UPSTREAM": upstream.url}
+
+        def gunicorn(label: str, spec: str) -> Server:
+            server = Server.gunicorn(label, spec, proxy_args, workdir, env)
             servers.append(server)
-            targets.append(Target(label, server, upstream))
-        for target in targets[1:]:
-            target.server.wait_ready(2)
+            return server
+
+        bare = gunicorn("bare WSGI app", "upstream:app")
+        ory = gunicorn("ory_wsgi", ory_spec(upstream.url, kratos.url, cache=True))
+        ory_uncached = gunicorn("ory_wsgi cache off", ory_spec(upstream.url, kratos.url, False))
+        werkzeug = gunicorn(WERKZEUG, "werkzeug_proxy:app")
+        extras = []
+        for extra in args.app:
+            label, _, spec = extra.partition("=")
+            if not spec:
+                raise BenchError(f"--app {extra!r}: expected LABEL=SPEC")
+            spec = spec.replace("{upstream}", upstream.url).replace("{ory}", kratos.url)
+            extras.append((label, gunicorn(label, spec)))
+        nginx = None
+        if with_nginx:
+            nginx = nginx_server(upstream.url, workdir, args.workers)
+            servers.append(nginx)
+        for server in [bare, ory, ory_uncached, werkzeug, *(s for _, s in extras)]:
+            server.wait_ready(args.workers)
+        if nginx is not None:
+            nginx.wait_ready(0)
+
+        token = kratos.new_session()
+        logged_in = {"X-Session-Token": token}
+        status, body = fetch(ory.url + PATH, logged_in)
+        if (status, body) != (200, EXPECTED_BODY):
+            raise BenchError(f"a logged-in request got {status} {body[:200]!r}")
+        targets = [Target("upstream alone (reference)", upstream, [])]
+        targets.append(Target("bare WSGI app (no hop)", bare, []))
+        if nginx is not None:
+            targets.append(Target("nginx reverse proxy", nginx, [upstream]))
+        targets += [
+            Target("ory_wsgi, anonymous", ory, [upstream, kratos]),
+            Target(WERKZEUG, werkzeug, [upstream]),
+            Target("ory_wsgi, logged in, cached", ory, [upstream, kratos], logged_in),
+            Target("ory_wsgi, logged in, cache off", ory_uncached, [upstream, kratos], logged_in),
+        ]
+        targets += [Target(label, server, [upstream, kratos]) for label, server in extras]
 
         load_seconds = len(targets) * (args.warmup + args.rounds * args.duration)
+        print_machine(out)
         print(
-            f"{os.cpu_count()} CPUs ({cpu_model()}), load average {os.getloadavg()[0]:.2f} "
-            f"before the run; Python {platform.python_version()}, gunicorn "
-            f"{version_of('gunicorn')}, werkzeug {version_of('werkzeug')}, "
-            f"urllib3 {version_of('urllib3')}",
+            f"load tool: {tool.label}; upstream: "
+            + (
+                "gunicorn gthread 2x16, upstream:app"
+                if args.upstream == "gunicorn"
+                else "asyncio responder, bench/upstream.py"
+            )
+            + "; Ory: the Kratos stand-in (bench/kratos.py)",
             file=out,
         )
-        if os.getloadavg()[0] > 1.0:
-            print("other processes keep the CPUs busy: expect noisy figures", file=out)
-        print(f"load tool: {tool.label}; upstream: {upstream_label}", file=out)
         print(
             f"GET {PATH} ({len(EXPECTED_BODY)}-byte body), {args.connections} connections, "
-            f"{args.duration:g}s x {args.rounds} rounds per server, ~{load_seconds:.0f}s of load",
+            f"{args.duration:g}s x {args.rounds} rounds per target, ~{load_seconds:.0f}s of load; "
+            f"logged in = X-Session-Token of one session",
             file=out,
         )
         print(
-            f"proxies: gunicorn {' '.join(proxy_args)} --reuse-port --no-control-socket",
+            f"gunicorn {' '.join(proxy_args)} --reuse-port --no-control-socket for every "
+            f"Python server; nginx {args.workers} worker processes, upstream keepalive 32",
             file=out,
             flush=True,
         )
         for target in targets:
-            tool.run(target.server.url + PATH, args.warmup, args.connections)
+            tool.run(target.server.url + PATH, args.warmup, args.connections, target.headers)
         for round_index in range(args.rounds):
-            # Alternate the order so that drift (neighbours, CPU boost) favours neither side.
+            # Alternate the order so that drift (neighbours, CPU boost) favours no one.
             order = targets if round_index % 2 == 0 else targets[::-1]
             for target in order:
                 result = target.measure(tool, args.duration, args.connections)
                 print(
-                    f"  round {round_index + 1}: {target.name:<30} "
+                    f"  round {round_index + 1}: {target.name:<34} "
                     f"{result.requests_per_s:>7.0f} req/s",
                     file=out,
                     flush=True,
                 )
-        report(targets, targets[-2], targets[-1], out)
+        report(targets, out)
+        single_flight_check(ory, kratos, args.workers, out)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class PeakRss:
+    """Samples the resident memory of some processes every 10 ms while a transfer runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.baseline = {pid: rss_bytes(pid) for pid in pids}
+        self.peak = dict(self.baseline)
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while self.running:
+            for pid in self.peak:
+                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def growth(self) -> int:
+        return max(self.peak[pid] - self.baseline[pid] for pid in self.peak)
+
+
+def download(url: str, size: int) -> int:
+    host, port, _ = split_url(url)
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request("GET", f"/big?size={size}")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise BenchError(f"the download answered {response.status}")
+        received = 0
+        while data := response.read(MIB):
+            received += len(data)
+        return received
+    finally:
+        connection.close()
+
+
+def chunked_upload(url: str, size: int) -> int:
+    host, port, _ = split_url(url)
+    block = os.urandom(MIB)
+
+    def chunks() -> Iterator[bytes]:
+        left = size
+        while left > 0:
+            part = block[: min(MIB, left)]
+            left -= len(part)
+            yield part
+
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        connection.request(
+            "POST",
+            "/upload",
+            body=chunks(),
+            headers={"Transfer-Encoding": "chunked", "Content-Type": "application/octet-stream"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise BenchError(f"the upload answered {response.status}: {answer[:200]!r}")
+        return int(answer)
+    finally:
+        connection.close()
+
+
+def run_memory(args: argparse.Namespace, out: IO[str]) -> None:
+    size = args.memory_size * MIB
+    servers: list[Server] = []
+    workdir = Path(tempfile.mkdtemp(prefix="ory-wsgi-bench-"))
+    try:
+        upstream = start_upstream(args, workdir, servers)
+        proxy = Server.gunicorn(
+            "ory_wsgi",
+            f'ory_wsgi:make_app(upstream="{upstream.url}")',
+            gunicorn_args(args),
+            workdir,
+        )
+        servers.append(proxy)
+        proxy.wait_ready(args.workers)
+        print_machine(out)
+        print(
+            f"ory_wsgi under gunicorn {' '.join(gunicorn_args(args))}, upstream:app under "
+            f"gunicorn; {size / MIB:.0f} MiB each way, resident memory of every worker "
+            f"sampled every 10 ms (budget {MEMORY_BUDGET // MIB} MiB of growth)",
+            file=out,
+            flush=True,
+        )
+        for label, transfer in (
+            ("download (Content-Length)", download),
+            ("chunked upload", chunked_upload),
+        ):
+            workers = proxy.workers()
+            started = time.perf_counter()
+            with PeakRss(workers) as rss:
+                moved = transfer(proxy.url, size)
+            seconds = time.perf_counter() - started
+            if moved != size:
+                raise BenchError(f"the {label} moved {moved} bytes, not {size}")
+            verdict = "pass" if rss.growth < MEMORY_BUDGET else "FAIL"
+            print(
+                f"{label:<26} {size / MIB:>6.0f} MiB in {seconds:5.1f}s "
+                f"({size / MIB / seconds:5.0f} MiB/s), worker memory growth "
+                f"{rss.growth / MIB:5.1f} MiB: {verdict}",
+                file=out,
+                flush=True,
+            )
     finally:
         for server in reversed(servers):
             server.stop()
@@ -589,9 +935,16 @@ def run(args: argparse.Namespace, out: IO[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if version_of("gunicorn") == "?":
+        print(
+            f"benchmark failed: gunicorn is not installed for {sys.executable}; "
+            "run the benchmark with the project's .venv/bin/python",
+            file=sys.stderr,
+        )
+        return 1
     try:
         with exit_on_signals():
-            run(args, sys.stdout)
+            (run_memory if args.memory else run_throughput)(args, sys.stdout)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
-"""The application both proxies forward to in the benchmark: one short fixed answer.
+"""The application the proxies forward to in the benchmark: one short fixed answer.
 
     python bench/upstream.py PORT       # asyncio responder, ~10 us of CPU a request
-    gunicorn upstream:app               # the same answer as a WSGI app
+    gunicorn upstream:app               # the same answer as a WSGI app, plus the
+                                        # routes of --memory and soak.py (below)
 
 The asyncio responder is the default upstream of bench/run.py: it costs so
 little that the CPU left on the machine goes to the proxies being compared,
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 BODY = b"Hello from the upstream application.\n"
+BLOCK = 64 * 1024
 HEADERS = [
     ("Content-Type", "text/plain; charset=utf-8"),
     ("Content-Length", str(len(BODY))),
@@ -32,9 +36,53 @@ UNSUPPORTED_ANSWER = (
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Answer every request with the same short body, whatever the path."""
+    """The short answer for any path but these, which the memory checks and the soak use.
+
+    `/big?size=N` streams N bytes (with Content-Length); `/upload` reads the
+    request body to its end (sized or chunked) and answers its size;
+    `/slow?delay=S` answers after S seconds.
+    """
+    path = environ.get("PATH_INFO", "")
+    if path == "/big":
+        return _big(int(_query(environ).get("size", "1048576")), start_response)
+    if path == "/upload":
+        return _upload(environ, start_response)
+    if path == "/slow":
+        time.sleep(float(_query(environ).get("delay", "1")))
     start_response("200 OK", list(HEADERS))
     return [BODY]
+
+
+def _query(environ: dict[str, Any]) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def _big(size: int, start_response: Callable[..., Any]) -> Iterator[bytes]:
+    start_response(
+        "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
+    )
+    block = b"x" * BLOCK
+    while size > 0:
+        part = block if size >= BLOCK else block[:size]
+        size -= len(part)
+        yield part
+
+
+def _upload(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    remaining = int(length) if length else None
+    size = 0
+    while remaining is None or remaining > 0:
+        data = stream.read(BLOCK if remaining is None else min(BLOCK, remaining))
+        if not data:
+            break
+        size += len(data)
+        if remaining is not None:
+            remaining -= len(data)
+    body = f"{size}\n".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 class FixedAnswer(asyncio.Protocol):

@@ -13,36 +13,32 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.util import Timeout
-from urllib3.util.request import SKIP_HEADER
-
 from ory_wsgi.answers import error_answer
-from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError, UpstreamTimeout
+from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
+from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.forwarder")
 
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Controls and space: never part of a request target.
+_TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 class ClientGone(Exception):
     """The client stopped sending its request body before the end."""
+
+
+class ClientTimeout(ClientGone):
+    """The client sent nothing more of its request body for `read_timeout` seconds."""
 
 
 class UpstreamCut(ConnectionResetError):
@@ -84,20 +80,16 @@ class Forwarder:
         if not parts.hostname:
             raise ValueError(f"not an http(s) URL: {upstream!r}")
         secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        pool_cls = HTTPSConnectionPool if secure else HTTPConnectionPool
-        self.pool = pool_cls(
-            parts.hostname,
-            port,
+        self.pool = UpstreamPool(
+            upstream,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             maxsize=pool_size,
-            block=False,
-            retries=False,
-            timeout=Timeout(connect=connect_timeout, read=read_timeout),
-            blocksize=CHUNK,
         )
         self.upstream_host = parts.netloc if rewrite_host else None
         self.trusted = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
+        self.read_timeout = read_timeout
         self.public_url = public_url.rstrip("/")
         default_port = ":443" if secure else ":80"
         origin = f"{parts.scheme}://{parts.netloc}".lower()
@@ -122,10 +114,35 @@ class Forwarder:
             return self._too_large(environ, start_response)
 
         started = time.perf_counter()
+        # gunicorn reads request bodies with no time limit: a client that sends its
+        # headers and then nothing would hold this worker thread for as long as it likes.
+        client = environ.get("gunicorn.socket") if body else None
+        blocking = client.gettimeout() if client is not None else None
         try:
+            if client is not None:
+                client.settimeout(self.read_timeout)
             response = self._send(method, target, body, headers, chunked)
+        except BadRequest as exc:
+            log.warning("bad_request: %s", exc)
+            environ["ory.error"] = "bad_request"
+            return error_answer(environ, start_response, 400, str(exc))
         except BodyTooLarge:
             return self._too_large(environ, start_response)
+        except ClientTimeout:
+            environ["ory.error"] = "client_timeout"
+            log.warning(
+                "client_timeout: no request body for %gs: %s %s",
+                self.read_timeout,
+                method,
+                _path_only(target),
+            )
+            return error_answer(
+                environ,
+                start_response,
+                408,
+                "The request body did not arrive in time.",
+                headers=[("Connection", "close")],
+            )
         except ClientGone:
             environ["ory.client_gone"] = True
             log.info("client_gone: the client stopped sending its request body")
@@ -139,16 +156,15 @@ class Forwarder:
                 else "The application could not be reached."
             )
             return error_answer(environ, start_response, exc.status, message)
+        finally:
+            if client is not None:
+                client.settimeout(blocking)
         environ["ory.upstream_ms"] = (time.perf_counter() - started) * 1000.0
 
-        out_headers = response_headers(response.headers.items())
-        for index, (name, value) in enumerate(out_headers):
-            if name.lower() == "location":
-                out_headers[index] = (name, self.rewrite_location(value))
+        out_headers = response_headers(response.headers, self.rewrite_location)
         answer: Any = None
         if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
-            response.drain_conn()
-            response.release_conn()
+            response.release()
         else:
             answer = UpstreamBody(response, environ, method, target)
         out_headers, answer = self.adjust_response(environ, out_headers, answer)
@@ -184,43 +200,14 @@ class Forwarder:
         body: Any,
         headers: dict[str, str],
         chunked: bool,
-    ) -> BaseHTTPResponse:
-        attempts = 2 if body is None and method in IDEMPOTENT else 1
-        for attempt in range(attempts):
-            try:
-                return self.pool.urlopen(
-                    method,
-                    target,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    preload_content=False,
-                    decode_content=False,
-                    chunked=chunked,
-                )
-            # NewConnectionError subclasses ConnectTimeoutError: test refusal first.
-            except NewConnectionError as exc:
-                raise UpstreamError(_reason(exc)) from None
-            except (ConnectTimeoutError, ReadTimeoutError) as exc:
-                raise UpstreamTimeout(_reason(exc)) from None
-            except ProtocolError as exc:
-                # A pooled connection the upstream closed while idle: try once more.
-                if attempt + 1 < attempts:
-                    continue
-                raise UpstreamError(_reason(exc)) from None
-            except HTTPError as exc:
-                raise UpstreamError(_reason(exc)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+    ) -> UpstreamResponse:
+        return self.pool.request(method, target, headers, body, chunked=chunked)
 
     def _request_body(self, environ: WSGIEnvironment, headers: dict[str, str]) -> tuple[Any, bool]:
-        if "User-Agent" not in headers:
-            headers["User-Agent"] = SKIP_HEADER
-        headers.setdefault("Accept-Encoding", SKIP_HEADER)
         length = environ.get("CONTENT_LENGTH")
         if length:
-            if not length.isdigit():
+            # isdigit alone lets `²` through, which int() refuses.
+            if not (length.isascii() and length.isdigit()):
                 raise BadRequest("invalid Content-Length")
             size = int(length)
             if self.max_body_size and size > self.max_body_size:
@@ -246,16 +233,22 @@ class Forwarder:
 def request_target(environ: WSGIEnvironment) -> str:
     """The path and query as the client sent them (still percent-encoded)."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw and not raw.startswith("/"):
+    if raw and not raw.startswith("/") and raw != "*":
         # absolute-form ("GET http://host/path"): keep only path and query.
-        parts = urlsplit(raw)
+        try:
+            parts = urlsplit(raw)
+        except ValueError:  # an unbalanced `[` in the authority
+            raise BadRequest("invalid request target") from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise BadRequest("the request target must be a path or an http(s) URL")
         raw = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not raw:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         raw = quote(path.encode("latin-1"), safe="/;=,@:!$&'()*+~")
         if environ.get("QUERY_STRING"):
             raw += "?" + environ["QUERY_STRING"]
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in raw):
+    # Controls, spaces and non-ASCII: http.client could not even send them on.
+    if not raw.isascii() or _TARGET_FORBIDDEN.search(raw):
         raise BadRequest("invalid characters in the request target")
     if "#" in raw:
         raw = raw.split("#", 1)[0]
@@ -265,11 +258,6 @@ def request_target(environ: WSGIEnvironment) -> str:
 def _path_only(target: str) -> str:
     """The target without its query, which may carry tokens: what error lines show."""
     return target.split("?", 1)[0]
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else exc)
-    return str(reason)[:200]
 
 
 class SizedBody:
@@ -284,6 +272,8 @@ class SizedBody:
             return b""
         try:
             data: bytes = self.stream.read(min(amount, self.remaining, CHUNK))
+        except TimeoutError as exc:
+            raise ClientTimeout() from exc
         except Exception as exc:
             raise ClientGone() from exc
         if not data:
@@ -304,6 +294,8 @@ class ChunkedBody:
         while True:
             try:
                 data: bytes = self.stream.read(CHUNK)
+            except TimeoutError as exc:
+                raise ClientTimeout() from exc
             except Exception as exc:
                 raise ClientGone() from exc
             if not data:
@@ -324,7 +316,7 @@ class UpstreamBody:
     """
 
     def __init__(
-        self, response: BaseHTTPResponse, environ: WSGIEnvironment, method: str, target: str
+        self, response: UpstreamResponse, environ: WSGIEnvironment, method: str, target: str
     ) -> None:
         self.response = response
         self.environ = environ
@@ -337,17 +329,12 @@ class UpstreamBody:
         sent = 0
         try:
             while True:
-                data = read1(CHUNK, decode_content=False)
+                data = read1(CHUNK)
                 if not data:
                     break
                 sent += len(data)
                 yield data
-        except (HTTPError, OSError) as exc:
-            error = (
-                UpstreamTimeout(_reason(exc))
-                if isinstance(exc, ReadTimeoutError)
-                else UpstreamError(_reason(exc))
-            )
+        except UpstreamError as error:
             log.error(
                 "%s: %s %s: the response stopped after %d bytes, the client's stream is cut: %s",
                 error.code,
@@ -361,6 +348,7 @@ class UpstreamBody:
         self.done = True
 
     def close(self) -> None:
-        if not self.done:
+        if self.done:
+            self.response.release()
+        else:
             self.response.close()
-        self.response.release_conn()

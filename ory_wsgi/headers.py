@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ory_wsgi.errors import BadRequest
 
@@ -168,11 +168,24 @@ def _forwarded_element(remote: str, host: str, scheme: str) -> str:
 
 def response_headers(
     headers: Iterable[tuple[str, str]],
+    rewrite_location: Callable[[str], str] | None = None,
 ) -> list[tuple[str, str]]:
-    """Drop hop-by-hop headers and those named in Connection, keep the rest in order."""
-    items = list(headers)
-    dropped = set(HOP_BY_HOP)
-    for name, value in items:
-        if name.lower() == "connection":
-            dropped.update(token.strip().lower() for token in value.split(","))
-    return [(name, value) for name, value in items if name.lower() not in dropped]
+    """Drop hop-by-hop headers and those named in Connection, keep the rest in order.
+
+    `rewrite_location`, when given, maps the value of each Location header.
+    """
+    kept: list[tuple[str, str]] = []
+    named: set[str] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP:
+            if lowered == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+            continue
+        if rewrite_location is not None and lowered == "location":
+            value = rewrite_location(value)
+        kept.append((name, value))
+    if named - HOP_BY_HOP:
+        # A Connection header may name headers that came before it: filter once more.
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept

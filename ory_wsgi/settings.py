@@ -154,6 +154,7 @@ AALS = ("aal1", "aal2", "aal3")
 METHOD_RE = re.compile(r"^[A-Z]+$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+MAX_DURATION = 10 * 365 * 24 * 3600.0
 
 
 class Value(NamedTuple):
@@ -319,7 +320,7 @@ def _coerce(value: Value, section: str, f: dataclasses.Field[Any]) -> Any:
     if kind == "int":
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             return raw
-        if isinstance(raw, str) and from_env and raw.strip().isdigit():
+        if isinstance(raw, str) and from_env and raw.strip().isascii() and raw.strip().isdigit():
             return int(raw)
         raise ConfigError(f"{where}: expected a whole number >= 0, got {raw!r}")
     if kind == "str":
@@ -362,6 +363,10 @@ def parse_duration(raw: Any, where: str) -> float:
         raise ConfigError(f'{where}: expected a duration like "60s", "5m" or seconds, got {raw!r}')
     if seconds < 0:
         raise ConfigError(f"{where}: a duration cannot be negative, got {raw!r}")
+    # nan, inf and huge values would pass here and fail every request later
+    # (socket timeouts and clocks overflow).
+    if not seconds <= MAX_DURATION:
+        raise ConfigError(f"{where}: a duration must be at most 10 years, got {raw!r}")
     return seconds
 
 
@@ -399,7 +404,7 @@ def _build_rules(source: str, name: str, raw: Any) -> tuple[Rule, ...]:
         if rule.regex:
             try:
                 re.compile(rule.regex)
-            except re.error as exc:
+            except (re.error, OverflowError) as exc:  # `a{9999999999}` overflows
                 raise ConfigError(f"{where}: regex is invalid: {exc}") from None
         if rule.aal and rule.aal not in AALS:
             raise ConfigError(f"{where}: aal must be one of {', '.join(AALS)}, got {rule.aal!r}")

@@ -12,20 +12,21 @@ upstream broke off mid-body with the status of that failure (502 or 504).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ory_wsgi.answers import error_envelope
+from ory_wsgi.logs import direct_json_handler, json_line
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.access")
 errors = logging.getLogger("ory_wsgi")
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:+/=-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 INTERNAL_ERROR = "An internal server error occurred, please contact the system administrator"
 QUIET_PATHS = frozenset({"/.ory/proxy/health/alive", "/.ory/proxy/health/ready"})
 
@@ -39,8 +40,8 @@ class AccessLog:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         request_id = environ.get("HTTP_X_REQUEST_ID", "")
-        if not REQUEST_ID_RE.match(request_id):
-            request_id = uuid.uuid4().hex
+        if not REQUEST_ID_RE.fullmatch(request_id):
+            request_id = os.urandom(16).hex()
             environ["HTTP_X_REQUEST_ID"] = request_id
         environ["ory.request_id"] = request_id
         record = _Record(environ, started)
@@ -91,7 +92,11 @@ class _Record:
             value = environ.get("ory." + key)
             if value:
                 fields[key] = value
-        log.info("request", extra={"fields": fields})
+        handler = direct_json_handler(log)
+        if handler is None:
+            log.info("request", extra={"fields": fields})
+        else:
+            handler.write_line(json_line(time.time(), "info", log.name, "request", fields))
 
     def internal_error(self, start_response: StartResponse, exc_info: Any) -> Iterable[bytes]:
         body = error_envelope(500, INTERNAL_ERROR)
