@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from ory_flows import Start
+from pytest_httpserver import HTTPServer
 from servers import Gunicorn, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
@@ -117,3 +118,21 @@ def start_ory_proxy(
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def ory_server() -> Iterator[HTTPServer]:
+    """A scripted fake Ory (pytest-httpserver), threaded for concurrent lookups; one per
+    module, so a request still in flight from another module's test cannot be counted."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ory(ory_server: HTTPServer) -> Iterator[HTTPServer]:
+    """`ory_server` with no expectations left from another test."""
+    ory_server.clear()
+    yield ory_server
+    ory_server.clear()

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import requests
 from ory_flows import PASSWORD, Start
+from recording import RecordingUpstream
 from servers import Gunicorn, ThreadedServer, free_port, log_records, worker_pids
-from upstream_app import app as upstream_wsgi
 
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
@@ -478,34 +478,6 @@ def test_client_that_never_sends_its_body_is_408_after_the_read_timeout_and_free
 
 
 # -- malformed requests through gunicorn --------------------------------------------------
-
-
-@dataclass
-class Seen:
-    method: str
-    raw_uri: str
-    answered: bool = False
-    """The test upstream read the whole request and answered it."""
-
-
-class RecordingUpstream:
-    """The test upstream, remembering every request it receives."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        seen = Seen(environ["REQUEST_METHOD"], environ.get("REQUEST_URI", ""))
-        with self.lock:
-            self.seen.append(seen)
-        answer: Iterable[bytes] = upstream_wsgi(environ, start_response)
-        seen.answered = True
-        return answer
-
-    def since(self, count: int) -> list[Seen]:
-        with self.lock:
-            return self.seen[count:]
 
 
 @pytest.fixture(scope="module")

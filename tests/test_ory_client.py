@@ -69,21 +69,6 @@ def credentials(cookie: str = "ory_kratos_session=secret-session", **headers: st
     return found
 
 
-@pytest.fixture(scope="module")
-def ory_server() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def ory(ory_server: HTTPServer) -> Iterator[HTTPServer]:
-    ory_server.clear()
-    yield ory_server
-    ory_server.clear()
-
-
 @pytest.fixture
 def client(ory: HTTPServer) -> Iterator[OryClient]:
     ory_client = OryClient(ory.url_for("/"), timeout=1.0)

@@ -14,10 +14,7 @@ import http.client
 import json
 import re
 import socket
-import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -25,8 +22,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from ory_flows import PASSWORD
+from recording import RecordingUpstream, Seen
 from servers import Gunicorn, ThreadedServer
-from upstream_app import app as upstream_wsgi
 
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
@@ -42,37 +39,6 @@ glob = "/admin/**"
 """
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
-
-
-@dataclass(frozen=True)
-class Seen:
-    raw_uri: str
-    authorization: str
-    headers: dict[str, str]
-
-
-class RecordingUpstream:
-    """The test upstream, remembering the path and Authorization of every request."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        headers = {k: str(v) for k, v in environ.items() if k.startswith("HTTP_")}
-        seen = Seen(
-            environ.get("REQUEST_URI") or environ["RAW_URI"],
-            environ.get("HTTP_AUTHORIZATION", ""),
-            headers,
-        )
-        with self.lock:
-            self.seen.append(seen)
-        answer: Iterable[bytes] = upstream_wsgi(environ, start_response)
-        return answer
-
-    def since(self, count: int) -> list[Seen]:
-        with self.lock:
-            return self.seen[count:]
 
 
 @pytest.fixture(scope="module")
