@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from ory_wsgi.testing.documents import KratosError
-from ory_wsgi.testing.kratos import (
-    FakeKratos,
-    IssuedSession,
-    LoggedRequest,
-    session_cookie_value,
-)
+from ory_wsgi.testing.kratos import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer, serve
+from ory_wsgi.testing.store import IssuedSession, LoggedRequest, session_cookie_value
 
 __all__ = [
     "FakeKratos",
