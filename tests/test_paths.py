@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-from urllib.parse import unquote
-
 import pytest
+from app_readings import served_as_protected
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -211,44 +209,9 @@ TOKENS = [
 ]
 
 
-def app_readings(path: str) -> set[str]:
-    """How frameworks could read the forwarded path: decoded once, repeated
-    slashes merged; params and trailing dots kept (werkzeug, Django) or dropped
-    (servlet containers, Windows); cut at a decoded `?`, `#` or NUL or not;
-    dot segments resolved after decoding (some) or not (most)."""
-    decoded = unquote(path, errors="replace").replace("\\", "/")
-    cut = re.split(r"[\x00#?]", decoded, maxsplit=1)[0]
-    readings = set()
-    for text in (decoded, cut):
-        for lenient in (False, True):
-            segments = [s for s in text.split("/") if s]
-            if lenient:
-                segments = [s.split(";", 1)[0] for s in segments]
-                segments = [s if s in (".", "..") else s.rstrip(". ") for s in segments]
-            segments = [s for s in segments if s]
-            readings.add("/" + "/".join(segments))
-            resolved: list[str] = []
-            for segment in segments:
-                if segment.split(";", 1)[0] == "..":
-                    if resolved:
-                        resolved.pop()
-                elif segment != ".":
-                    resolved.append(segment)
-            readings.add("/" + "/".join(resolved))
-    return readings
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
-
-
 def protected_for_some_app(path: str) -> bool:
     """Under /members and not the /members/signup exception, case kept or folded."""
-    for reading in app_readings(path):
-        for view in (reading, reading.lower()):
-            if _under(view, "/members") and not _under(view, "/members/signup"):
-                return True
-    return False
+    return served_as_protected(path, ["/members"], ["/members/signup"])
 
 
 MEMBERS_WITH_SIGNUP = PathRules([Rule(prefix="/members")], [Rule(prefix="/members/signup")])

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from app_readings import served_as_protected
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -93,42 +93,11 @@ def send_raw(
         return response.status, response.headers, response.read()
 
 
-def app_readings(raw_uri: str) -> set[str]:
-    """How applications could read a forwarded path (see the module docstring)."""
-    decoded = unquote(raw_uri.split("?", 1)[0], errors="replace").replace("\\", "/")
-    cut = re.split(r"[\x00#?]", decoded, maxsplit=1)[0]
-    readings = set()
-    for text in (decoded, cut):
-        for lenient in (False, True):
-            segments = [s for s in text.split("/") if s]
-            if lenient:
-                segments = [s.split(";", 1)[0] for s in segments]
-                segments = [s if s in (".", "..") else s.rstrip(". ") for s in segments]
-            readings.add("/" + "/".join(s for s in segments if s))
-            resolved: list[str] = []
-            for segment in segments:
-                if segment.split(";", 1)[0] == "..":
-                    if resolved:
-                        resolved.pop()
-                elif segment not in (".", ""):
-                    resolved.append(segment)
-            readings.add("/" + "/".join(resolved))
-    return readings
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix + "/")
-
-
 def protected_for_app(raw_uri: str) -> bool:
     """Whether some application would serve this path as a protected page."""
-    for reading in app_readings(raw_uri):
-        for view in (reading, reading.lower()):
-            if _under(view, "/members") and not _under(view, "/members/signup"):
-                return True
-            if _under(view, "/admin"):
-                return True
-    return False
+    return served_as_protected(
+        raw_uri.split("?", 1)[0], ["/members", "/admin"], ["/members/signup"]
+    )
 
 
 def valid_jwt(authorization: str, keys: KeySet) -> bool:
