@@ -230,11 +230,16 @@ def build_rule_set(
     if strategy not in STRATEGIES:
         raise RuleError(f"matching_strategy must be regexp or glob, got {strategy!r}")
     seen: dict[str, AccessRule] = {}
-    rules: list[AccessRule] = []
     for rule in (rule for group in groups for rule in group):
         if rule.id in seen:
             raise RuleError(f"{rule.where}: duplicate id (also in {seen[rule.id].source})")
         seen[rule.id] = rule
+    if default_rule and default_rule not in seen:
+        choices = difflib.get_close_matches(default_rule, list(seen), n=1)
+        hint = f" (did you mean {choices[0]}?)" if choices else ""
+        raise RuleError(f"[access_rules] default_rule: no rule has the id {default_rule!r}{hint}")
+    rules: list[AccessRule] = []
+    for rule in seen.values():
         if rule.match is None and rule.id != default_rule:
             raise RuleError(
                 f"{rule.where}: match: must be set (only [access_rules] default_rule may omit it)"
@@ -246,10 +251,6 @@ def build_rule_set(
                 raise RuleError(f"{rule.where}: match.url: {exc}") from None
         problem = _problem(rule) or (validate(rule) if validate else "")
         rules.append(replace(rule, invalid=f"{rule.where}: {problem}") if problem else rule)
-    if default_rule and default_rule not in seen:
-        choices = difflib.get_close_matches(default_rule, list(seen), n=1)
-        hint = f" (did you mean {choices[0]}?)" if choices else ""
-        raise RuleError(f"[access_rules] default_rule: no rule has the id {default_rule!r}{hint}")
     return RuleSet(tuple(rules), strategy, default_rule, tuple(sources))
 
 
