@@ -4,11 +4,16 @@
 returns the compiled `Matcher` of the last good rule set, or None until one
 has loaded (readiness answers 503 then). At most once per `interval`
 (1 s) the calling request thread, if no other thread is already at it, stats
-the rule files (inode, size, mtime in ns); when one changed, that thread
-re-reads it, builds and compiles the whole set and swaps it in with one
-assignment. No thread is started: this works in every gunicorn worker,
-forked before or after the app was built, and a changed file is in force on
-every worker at its first request a second later (SPEC §16: within 5 s).
+the rule files (device, inode, size, mtime in ns). A file whose stamp changed
+is read once that stamp has been seen for `settle` seconds (default: the
+interval), so that a file caught half-written by an editor (a shorter YAML
+list is still valid YAML) is not loaded; a file that changes while it is
+read is not used either. That thread then builds and compiles the whole set
+and swaps it in with one assignment. No thread is started: this works in
+every gunicorn worker, forked before or after the app was built, and a
+changed file is in force on every worker 1 to 3 s later, at its next request
+(SPEC §16: within 5 s). Writing the new file beside the old one and renaming
+it over the old one is still the safest way to change rules.
 
 A rule set that fails to load keeps the last good one in force and logs one
 line naming the file and the rule. The same broken content is not re-read
@@ -61,6 +66,7 @@ class RuleSource:
         settings: Settings,
         validate: Validate | None = None,
         interval: float = 1.0,
+        settle: float | None = None,
         timeout: float = REMOTE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -70,6 +76,7 @@ class RuleSource:
         self._default_rule = config.default_rule
         self._validate = validate
         self._interval = interval
+        self._settle = interval if settle is None else settle
         self._timeout = timeout
         self._clock = clock
         self._lock = threading.Lock()
@@ -79,13 +86,14 @@ class RuleSource:
         self.error = ""  # the last load problem, one line; "" after a good load
         self._repositories: list[Repository] = []
         self._rules: dict[int, tuple[AccessRule, ...]] = {}  # per repository, last read
-        self._stamps: dict[int, Stamp] = {}
+        self._stamps: dict[int, Stamp] = {}  # per file: the stamp of the content last read
+        self._seen: dict[int, tuple[Stamp, float]] = {}  # per file: a new stamp, first seen when
         try:
             self._repositories = [parse_repository(loc, os.getcwd()) for loc in config.repositories]
         except RuleError as exc:
             self._fail(str(exc))
             return
-        self._load(range(len(self._repositories)))
+        self._load(range(len(self._repositories)), clock())
 
     @property
     def ready(self) -> bool:
@@ -110,27 +118,49 @@ class RuleSource:
         if not self._lock.acquire(blocking=False):
             return False  # another thread is checking; use the set in force meanwhile
         try:
-            self._next_check = self._clock() + self._interval
-            changed = [
-                index
-                for index, repo in enumerate(self._repositories)
-                if repo.kind == "file" and _stamp(repo.path) != self._stamps.get(index)
-            ]
-            return bool(changed) and self._load(changed)
+            now = self._clock()
+            self._next_check = now + self._interval
+            settled = []
+            for index, repo in enumerate(self._repositories):
+                if repo.kind != "file":
+                    continue
+                stamp = _stamp(repo.path)
+                if stamp == self._stamps.get(index):
+                    self._seen.pop(index, None)
+                    continue
+                seen = self._seen.get(index)
+                if seen is None or seen[0] != stamp:
+                    seen = self._seen[index] = (stamp, now)
+                if now - seen[1] >= self._settle:
+                    settled.append(index)
+            return bool(settled) and self._load(settled, now)
         finally:
             self._lock.release()
 
-    def _load(self, indexes: range | list[int]) -> bool:
+    def _load(self, indexes: range | list[int], now: float) -> bool:
         rules = dict(self._rules)
         try:
             for index in indexes:
                 repo = self._repositories[index]
-                if repo.kind == "file":
-                    # Stamped before reading: a write during the read shows as a change next time.
-                    self._stamps[index] = _stamp(repo.path)
-                elif index in rules:
-                    continue  # inline and remote repositories are read once
-                rules[index] = load_repository(repo, self._timeout)
+                if repo.kind != "file":
+                    if index not in rules:  # inline and remote repositories are read once
+                        rules[index] = load_repository(repo, self._timeout)
+                    continue
+                stamp = _stamp(repo.path)
+                problem: RuleError | None = None
+                try:
+                    rules[index] = load_repository(repo, self._timeout)
+                except RuleError as exc:
+                    problem = exc
+                after = _stamp(repo.path)
+                if after != stamp:  # written while we read: wait for it to settle
+                    self._seen[index] = (after, now)
+                    return False
+                # This content was read (good or bad): it is not read again until it changes.
+                self._stamps[index] = stamp
+                self._seen.pop(index, None)
+                if problem is not None:
+                    raise problem
             groups = [self._inline, *(rules[i] for i in range(len(self._repositories)))]
             rule_set = build_rule_set(
                 groups,
