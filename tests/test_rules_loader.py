@@ -440,3 +440,67 @@ def test_a_missing_rule_file_is_named(tmp_path: Path) -> None:
 def test_bad_inline_repository(tmp_path: Path) -> None:
     with pytest.raises(RuleError, match=r"inline://\*\*\*: inline:// must be followed by base64"):
         load(tmp_path, '[access_rules]\nrepositories = ["inline://***"]\n')
+
+
+def doc_blocks(language: str) -> list[str]:
+    """The fenced code blocks of docs/rules.md in one language ("" for plain blocks)."""
+    text = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    blocks: list[str] = []
+    fence: str | None = None  # the info string of the open block
+    lines: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            if fence is None:
+                fence, lines = line[3:].strip(), []
+            else:
+                if fence == language:
+                    blocks.append("".join(lines))
+                fence = None
+        elif fence is not None:
+            lines.append(line)
+    return blocks
+
+
+def test_the_rule_files_in_docs_rules_md_load(tmp_path: Path) -> None:
+    documents = [b for b in doc_blocks("json") if b.startswith("[")]
+    documents += [b for b in doc_blocks("yaml") if b.startswith("- id:")]
+    assert len(documents) == 2
+    for index, document in enumerate(documents):
+        (tmp_path / f"doc{index}").write_text(document)
+    rule_set = load(tmp_path, '[access_rules]\nrepositories = ["doc0", "doc1"]\n')
+    assert [r.id for r in rule_set.rules] == [
+        "allow-anonymous-with-header-mutator",
+        "deny-anonymous",
+        "members",
+    ]
+    assert rule_set.invalid == ()
+
+
+def test_the_toml_in_docs_rules_md_loads(tmp_path: Path) -> None:
+    tables = [b for b in doc_blocks("toml") if "[[rule]]" in b]
+    assert len(tables) == 2
+    default = tables[1].replace("[access_rules]\n", "")  # both blocks share one section
+    rule_set = load(tmp_path, "[access_rules]\n" + default + tables[0])
+    assert [r.id for r in rule_set.rules] == ["everything-else", "api"]
+    assert rule_set.default_rule == "everything-else" and rule_set.invalid == ()
+
+
+def test_the_which_rule_wins_example_in_docs_rules_md(tmp_path: Path) -> None:
+    block = next(b for b in doc_blocks("") if b.startswith("catch-all"))
+    rules = []
+    for line in block.splitlines():
+        rule_id, url, *rest = line.split()
+        priority = int(rest[1]) if rest else 0
+        rules.append(good(rule_id, match={"url": url, "methods": ["GET"]}, priority=priority))
+    (tmp_path / "rules.json").write_text(json.dumps(rules))
+    matcher = Matcher(load(tmp_path, '[access_rules]\nrepositories = ["rules.json"]\n'))
+    expected = {
+        "/api/things": "api",
+        "/api/users/1": "api-users",
+        "/api/users/1/edit": "user-edit",
+        "/health": "health",
+        "/": "catch-all",
+    }
+    for path, rule_id in expected.items():
+        result = matcher.match("GET", "https", "app.example.com", path)
+        assert result is not None and result.rule.id == rule_id, path
