@@ -312,7 +312,10 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
         path = normalise_path(parts.path or "/").match
     except BadRequest as exc:
         raise ConfigError(f"{args.url}: the path is refused (400): {exc}") from None
-    explanation = matcher.explain(args.method, parts.scheme, parts.netloc, path)
+    try:
+        explanation = matcher.explain(args.method, parts.scheme, parts.netloc, path)
+    except BadRequest as exc:
+        raise ConfigError(f"{args.url}: the request is refused (400): {exc}") from None
     print(f"{args.method.upper()} {explanation.url}")
     for verdict in explanation.verdicts:
         print(

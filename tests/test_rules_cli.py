@@ -147,3 +147,17 @@ def test_the_installed_command_exits_with_the_same_codes(tmp_path: Path) -> None
     broken = config(tmp_path, [rule("x", "https://x/<")])
     failed = run_cli("rules", "check", "-c", broken)
     assert failed.returncode == 2 and "rule 'x': match.url: unbalanced" in failed.stderr
+
+
+def test_explain_refuses_a_url_no_request_could_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path, RULES)
+    code, out, err = run(
+        capsys, "rules", "explain", "GET", "https://u@app.example.com/", "-c", path
+    )
+    assert (code, out) == (2, "")
+    assert err == (
+        "ory-wsgi: https://u@app.example.com/: the request is refused (400):"
+        " not a host: 'u@app.example.com'\n"
+    )

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ory_wsgi.errors import BadRequest
 from ory_wsgi.rules.loader import RuleError, build_rule_set, parse_document
 from ory_wsgi.rules.matcher import Matcher, PatternError, compile_url, split_template
 from ory_wsgi.rules.model import Strategy
@@ -102,8 +103,9 @@ def test_oathkeeper_matcher_cases(
         # look-arounds work (Oathkeeper uses regexp2)
         ("https://x/<(?!admin)[^/]+>/<.*>", "https://x/users/1", True),
         ("https://x/<(?!admin)[^/]+>/<.*>", "https://x/admin/1", False),
-        # `.` does not match a line break, as in Go
-        ("https://x/<.*>", "https://x/a\nb", False),
+        # `.` matches a line break (a decoded %0A): unlike Go, so <.*> means anything
+        ("https://x/<.*>", "https://x/a\nb", True),
+        ("https://x/<[a-z.]*>", "https://x/a\nb", False),
         # nested <> belong to the pattern
         ("https://x/<[a-z]{1,3}(?:<b>)?>", "https://x/ab<b>", True),
     ],
@@ -349,3 +351,63 @@ def test_specificity_counts_literal_characters() -> None:
     compiled = compile_url("https://Example.com/api/<[0-9]+>/edit", "regexp")
     assert compiled.prefix == "https://example.com/api/"
     assert compiled.literal_length == len("https://example.com/api//edit")
+
+
+PUBLIC_AND_PRIVATE = [
+    rule("public", "https://app.example.com/public/<.*>"),
+    rule("private", "https://app.example.com/<.*>"),
+    rule("fallback", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "path", "expected"),
+    [
+        ("https", "app.example.com", "/public/a", "public"),
+        ("https", "app.example.com", "/secret", "private"),
+        # the same host spelled otherwise must not fall to the default rule
+        ("https", "APP.example.COM", "/secret", "private"),
+        ("https", "app.example.com:443", "/secret", "private"),
+        ("https", "app.example.com.", "/secret", "private"),
+        ("HTTPS", "app.example.com.:443", "/secret", "private"),
+        ("https", "app.example.com:8443", "/secret", "fallback"),  # another origin
+        ("http", "app.example.com", "/secret", "fallback"),
+    ],
+)
+def test_one_host_in_every_spelling_gets_its_rule(
+    scheme: str, host: str, path: str, expected: str
+) -> None:
+    m = matcher(*PUBLIC_AND_PRIVATE, default="fallback")
+    assert m.match("GET", scheme, host, path).rule.id == expected  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "path"),
+    [
+        # a Host that carries a path would reach the public rule with /secret forwarded
+        ("https", "app.example.com/public", "/secret"),
+        ("https", "app.example.com/public/", "secret"),
+        ("https", "app.example.com\\public", "/secret"),
+        ("https", "user@app.example.com", "/secret"),
+        ("https", "app.example.com?", "/secret"),
+        ("https", "app.example.com#", "/secret"),
+        ("https", "app.example.com ", "/secret"),
+        ("https", "app.example.com:x", "/secret"),
+        ("https", "", "/secret"),
+        ("https", "app.example.com", "public/secret"),
+        ("ftp", "app.example.com", "/secret"),
+    ],
+)
+def test_a_request_that_cannot_be_matched_is_refused(scheme: str, host: str, path: str) -> None:
+    m = matcher(*PUBLIC_AND_PRIVATE, default="fallback")
+    with pytest.raises(BadRequest):
+        m.match("GET", scheme, host, path)
+    with pytest.raises(BadRequest):
+        m.explain("GET", scheme, host, path)
+
+
+def test_a_rule_naming_the_default_port_matches_without_it() -> None:
+    m = matcher(rule("r", "https://App.example.com:443/<.*>"), rule("h", "http://x:80"))
+    assert matched(m, "GET", "https://app.example.com/a") == "r"
+    assert m.match("GET", "http", "x", "/") is None  # "http://x" has no path: never a request
+    assert m.match("GET", "https", "app.example.com:443", "/").rule.id == "r"  # type: ignore[union-attr]

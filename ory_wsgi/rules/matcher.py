@@ -1,15 +1,21 @@
 """One compiled matcher over a rule set: which access rule a request is for.
 
 The match input is what Oathkeeper matches: `scheme://host/path`, the query
-dropped. The caller passes the path already normalised (SPEC §9); the matcher
-only lower-cases the scheme and the host (they are case-insensitive, and a
-rule for `api.example.com` must not be skipped by `Host: API.example.com`).
-Literal scheme and host text in rules is lower-cased at load to match.
+dropped. The caller passes the path already normalised (SPEC §9). The
+matcher puts the scheme and host in one canonical form, because a request
+that misses the rule meant for it would fall to a broader or the default
+rule: both lower-cased (`Host: API.example.com` is `api.example.com`), the
+scheme's default port and a trailing dot dropped. It refuses (BadRequest, an
+answer of 400) a scheme other than http(s), a host with characters no host
+name has (`app.example.com/public` would fake a path) and a path that does
+not start with `/`. Literal scheme and host text in rules is put in the same
+form at load.
 
 Patterns sit inside `<...>` (nested `<>` count, as in Oathkeeper; unbalanced
 delimiters are a load error). Text outside them is literal.
 - `regexp`: each `<...>` is a Python regular expression, wrapped in a
-  capturing group; the whole URL must match (`fullmatch`). .NET-style named
+  capturing group; the whole URL must match (`fullmatch`). `.` matches a
+  line break too (a decoded `%0A` must not slip past `<.*>`). .NET-style named
   groups `(?<name>...)` are accepted (Oathkeeper uses regexp2) and become
   Python's `(?P<name>...)`. `capture_groups` are every group's text in
   regexp2's order: unnamed groups left to right, then named ones; a group
@@ -41,11 +47,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ory_wsgi.errors import BadRequest
 from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
 
 # `(?<name>` but not the look-behinds `(?<=` and `(?<!`.
 _DOTNET_GROUP = re.compile(r"\(\?<(?![=!])")
 _SEGMENT_ANY = "[^./]*"
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+# What a Host can hold once lower-cased: a name or IPv4 (a trailing dot allowed), or an
+# [IPv6] address, then a port. Never `/`, `@`, `?`, `#`, a backslash or a space: they would
+# fake a path.
+_HOST = re.compile(
+    r"(?P<name>[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?P<port>:[0-9]{1,5})?"
+)
+# A literal rule origin that names its scheme's default port.
+_RULE_DEFAULT_PORT = re.compile(r"(https?)://([^/:]*)(:80|:443)(?=/|$)")
 _SEGMENT_ONE = "[^./]"
 
 
@@ -86,6 +102,23 @@ class Explanation:
     selected: MatchResult | None
     url: str  # what was matched: scheme://host/path
     verdicts: tuple[Verdict, ...]  # every rule, in load order
+
+
+def request_url(scheme: str, host: str, path: str) -> str:
+    """`scheme://host/path` in the form rules are matched in; BadRequest if it has none."""
+    scheme, host = scheme.lower(), host.lower()
+    default_port = _DEFAULT_PORTS.get(scheme)
+    if default_port is None:
+        raise BadRequest(f"not an http(s) request: {scheme[:20]!r}")
+    if not path.startswith("/"):
+        raise BadRequest(f"not a path: {path[:100]!r}")
+    found = _HOST.fullmatch(host)
+    if found is None:
+        raise BadRequest(f"not a host: {host[:100]!r}")
+    port = found.group("port") or ""
+    if port == default_port:
+        port = ""
+    return f"{scheme}://{found.group('name').rstrip('.')}{port}{path}"
 
 
 def split_template(template: str) -> list[tuple[bool, str]]:
@@ -205,7 +238,11 @@ def _glob_class(pattern: str, index: int) -> tuple[str, int]:
 def compile_url(template: str, strategy: Strategy) -> CompiledURL:
     """Compile one `match.url`; raises PatternError with a one-line reason."""
     pieces = _lower_authority(split_template(template))
-    parts: list[str] = ["(?s)"] if strategy == "glob" else []
+    if pieces and not pieces[0][0]:
+        found = _RULE_DEFAULT_PORT.match(pieces[0][1])
+        if found and _DEFAULT_PORTS[found.group(1)] == found.group(3):
+            pieces[0] = (False, pieces[0][1][: found.start(3)] + pieces[0][1][found.end(3) :])
+    parts: list[str] = ["(?s)"]  # `.` and glob's `**` match a decoded line break too
     prefix_done, prefix, literal_length = False, [], 0
     for number, (is_pattern, text) in enumerate(pieces, 1):
         if not is_pattern:
@@ -333,13 +370,16 @@ class Matcher:
         tree = self._trees.get(method.upper())
         if tree is None:
             return ()
-        return tuple(e.rule for e in tree.walk(f"{scheme.lower()}://{host.lower()}{path}"))
+        return tuple(e.rule for e in tree.walk(request_url(scheme, host, path)))
 
     def match(self, method: str, scheme: str, host: str, path: str) -> MatchResult | None:
-        """The rule for this request, the default rule, or None (the caller answers 404)."""
+        """The rule for this request, the default rule, or None (the caller answers 404).
+
+        Raises BadRequest for a scheme, host or path that cannot be matched (see above).
+        """
+        url = request_url(scheme, host, path)
         tree = self._trees.get(method) or self._trees.get(method.upper())
         if tree is not None:
-            url = f"{scheme.lower()}://{host.lower()}{path}"
             for entry in tree.walk(url):
                 found = entry.url.regex.fullmatch(url)
                 if found is not None:
@@ -367,8 +407,8 @@ class Matcher:
     def explain(self, method: str, scheme: str, host: str, path: str) -> Explanation:
         """Every rule with why it did or did not decide this request (not for the hot path)."""
         method = method.upper()
-        url = f"{scheme.lower()}://{host.lower()}{path}"
-        origin = f"{scheme.lower()}://{host.lower()}"
+        url = request_url(scheme, host, path)
+        origin = url[: url.index("/", url.index("://") + 3)]
         matching: list[tuple[_Entry, re.Match[str]]] = []
         misses: dict[int, str] = {}
         for entry in self._entries:
