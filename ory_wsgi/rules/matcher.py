@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
@@ -54,6 +55,7 @@ from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
 _DOTNET_GROUP = re.compile(r"\(\?<(?![=!])")
 _SEGMENT_ANY = "[^./]*"
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_ORIGINS_KEPT = 256
 # What a Host can hold once lower-cased: a name or IPv4 (a trailing dot allowed), or an
 # [IPv6] address, then a port. Never `/`, `@`, `?`, `#`, a backslash or a space: they would
 # fake a path.
@@ -79,9 +81,12 @@ class CompiledURL:
     group_order: tuple[int, ...]  # regexp2's order of the capture groups
 
 
-@dataclass(frozen=True, slots=True)
-class MatchResult:
-    """The rule a request is for, and what its `<...>` regexps captured."""
+class MatchResult(NamedTuple):
+    """The rule a request is for, and what its `<...>` regexps captured.
+
+    A NamedTuple, not a frozen dataclass: one is built per matched request,
+    and a frozen dataclass's `__init__` costs several times more.
+    """
 
     rule: AccessRule
     capture_groups: tuple[str, ...] = ()
@@ -106,19 +111,24 @@ class Explanation:
 
 def request_url(scheme: str, host: str, path: str) -> str:
     """`scheme://host/path` in the form rules are matched in; BadRequest if it has none."""
+    if not path.startswith("/"):
+        raise BadRequest(f"not a path: {path[:100]!r}")
+    return request_origin(scheme, host) + path
+
+
+def request_origin(scheme: str, host: str) -> str:
+    """`scheme://host[:port]`: lower case, no default port, no trailing dot; or BadRequest."""
     scheme, host = scheme.lower(), host.lower()
     default_port = _DEFAULT_PORTS.get(scheme)
     if default_port is None:
         raise BadRequest(f"not an http(s) request: {scheme[:20]!r}")
-    if not path.startswith("/"):
-        raise BadRequest(f"not a path: {path[:100]!r}")
     found = _HOST.fullmatch(host)
     if found is None:
         raise BadRequest(f"not a host: {host[:100]!r}")
     port = found.group("port") or ""
     if port == default_port:
         port = ""
-    return f"{scheme}://{found.group('name').rstrip('.')}{port}{path}"
+    return f"{scheme}://{found.group('name').rstrip('.')}{port}"
 
 
 def split_template(template: str) -> list[tuple[bool, str]]:
@@ -277,9 +287,15 @@ class _Entry:
     rule: AccessRule
     url: CompiledURL
     rank: tuple[int, int, int, int]  # sorts best first
+    plain: MatchResult  # the result when there is nothing to capture (built once)
+    in_order: bool  # no named groups: regexp2's order is Python's
 
-    def groups(self, found: re.Match[str]) -> tuple[str, ...]:
-        return tuple(found.group(i) or "" for i in self.url.group_order)
+    def result(self, found: re.Match[str]) -> MatchResult:
+        if not self.url.group_order:
+            return self.plain
+        if self.in_order:
+            return MatchResult(self.rule, found.groups(""))
+        return MatchResult(self.rule, tuple(found.group(i) or "" for i in self.url.group_order))
 
 
 class _Node:
@@ -347,6 +363,8 @@ class Matcher:
     def __init__(self, rule_set: RuleSet) -> None:
         self.rule_set = rule_set
         self._entries: list[_Entry] = []
+        # (scheme, Host) as received -> canonical origin; a few hosts serve nearly all requests
+        self._origins: dict[tuple[str, str], str] = {}
         self._trees: dict[str, _Node] = {}
         for order, rule in enumerate(rule_set.rules):
             if rule.match is None:
@@ -356,7 +374,8 @@ class Matcher:
             except PatternError as exc:
                 raise PatternError(f"{rule.where}: match.url: {exc}") from None
             rank = (-rule.priority, -len(url.prefix), -url.literal_length, order)
-            entry = _Entry(rule, url, rank)
+            in_order = not url.regex.groupindex
+            entry = _Entry(rule, url, rank, MatchResult(rule), in_order)
             self._entries.append(entry)
             for method in rule.match.methods:
                 self._trees.setdefault(method, _Node()).insert(url.prefix, entry)
@@ -377,14 +396,21 @@ class Matcher:
 
         Raises BadRequest for a scheme, host or path that cannot be matched (see above).
         """
-        url = request_url(scheme, host, path)
+        if not path.startswith("/"):
+            raise BadRequest(f"not a path: {path[:100]!r}")
+        origin = self._origins.get((scheme, host))
+        if origin is None:
+            origin = request_origin(scheme, host)
+            if len(self._origins) >= _ORIGINS_KEPT:  # many hosts: start over, stay bounded
+                self._origins.clear()
+            self._origins[(scheme, host)] = origin
+        url = origin + path
         tree = self._trees.get(method) or self._trees.get(method.upper())
         if tree is not None:
             for entry in tree.walk(url):
                 found = entry.url.regex.fullmatch(url)
                 if found is not None:
-                    groups = entry.groups(found) if entry.url.group_order else ()
-                    return MatchResult(entry.rule, groups)
+                    return entry.result(found)
         return self._default
 
     def ties(self) -> list[tuple[AccessRule, AccessRule]]:
@@ -426,8 +452,7 @@ class Matcher:
         selected: MatchResult | None = None
         if matching:
             best, found = matching[0]
-            groups = best.groups(found) if best.url.group_order else ()
-            selected = MatchResult(best.rule, groups)
+            selected = best.result(found)
         elif self._default is not None:
             selected = self._default
         verdicts = []
