@@ -504,3 +504,31 @@ def test_the_which_rule_wins_example_in_docs_rules_md(tmp_path: Path) -> None:
     for path, rule_id in expected.items():
         result = matcher.match("GET", "https", "app.example.com", path)
         assert result is not None and result.rule.id == rule_id, path
+
+
+def test_handler_config_is_json_data(tmp_path: Path) -> None:
+    """YAML and TOML dates become strings, as Oathkeeper's YAML-to-JSON step makes them."""
+    yaml_rule = OATHKEEPER_YAML.replace(
+        "    - handler: noop\n",
+        "    - handler: noop\n      config: {since: 2024-01-02, 7: [true, 1.5, null]}\n",
+    )
+    rule_set = load(
+        tmp_path,
+        '[access_rules]\nrepositories = ["rules.yaml"]\n'
+        "[[rule]]\nid = 't'\nmatch = { methods = ['GET'], url = 'https://x/' }\n"
+        "authenticators = [{ handler = 'anonymous' }]\nauthorizer = { handler = 'allow' }\n"
+        "mutators = [{ handler = 'noop', config = { at = 1979-05-27T07:32:00Z } }]\n",
+        rules__yaml=yaml_rule,
+    )
+    toml_rule, yaml_loaded = rule_set.rules
+    assert toml_rule.mutators[0].config == {"at": "1979-05-27T07:32:00+00:00"}
+    assert yaml_loaded.authenticators[0].config == {"since": "2024-01-02", "7": [True, 1.5, None]}
+    json.dumps([dict(h.config) for h in (*toml_rule.mutators, *yaml_loaded.authenticators)])
+
+
+def test_binary_yaml_is_not_config(tmp_path: Path) -> None:
+    document = OATHKEEPER_YAML.replace(
+        "    - handler: noop\n", "    - handler: noop\n      config: {key: !!binary aGk=}\n"
+    )
+    with pytest.raises(RuleError, match=r"authenticators\[0\].config.key: not JSON data: bytes"):
+        load(tmp_path, '[access_rules]\nrepositories = ["rules.yaml"]\n', rules__yaml=document)

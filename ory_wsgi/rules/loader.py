@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import difflib
 import json
 import os
@@ -356,7 +357,20 @@ def _handler(raw: Any, key: str, where: str) -> Handler:
         config = {}
     if not isinstance(config, Mapping):
         raise RuleError(f"{where}: {key}.config: expected an object, got {_kind(config)}")
-    return Handler(name, dict(config))
+    return Handler(name, _json_data(config, where, f"{key}.config"))
+
+
+def _json_data(value: Any, where: str, path: str) -> Any:
+    """Config as the JSON Oathkeeper would see: YAML and TOML dates become ISO strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_data(v, where, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_data(item, where, f"{path}[{i}]") for i, item in enumerate(value)]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    raise RuleError(f"{where}: {path}: not JSON data: {type(value).__name__}")
 
 
 def _upstream(raw: Any, where: str, base_dir: str) -> Upstream:
