@@ -532,3 +532,13 @@ def test_binary_yaml_is_not_config(tmp_path: Path) -> None:
     )
     with pytest.raises(RuleError, match=r"authenticators\[0\].config.key: not JSON data: bytes"):
         load(tmp_path, '[access_rules]\nrepositories = ["rules.yaml"]\n', rules__yaml=document)
+
+
+def test_rule_tables_can_be_passed_as_overrides(tmp_path: Path) -> None:
+    """`make_app("ory.toml", rule=[...])` replaces the file's [[rule]] tables."""
+    config = write_config(tmp_path, "[[rule]]\nid = 'from-file'\nmatch = { url = 'https://x/' }\n")
+    settings = load_settings(config, env={}, overrides={"rule": [good("passed")]})
+    assert [r.id for r in settings.rule] == ["passed"]
+    assert settings.rule[0].source == "overrides [[rule]]"
+    with pytest.raises(ConfigError, match=r"^overrides \[\[rule\]\]: rule 'x': unknown field"):
+        load_settings(config, env={}, overrides={"rule": [{**good("x"), "matcher": {}}]})

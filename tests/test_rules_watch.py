@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,38 @@ def test_request_threads_always_see_a_whole_rule_set(tmp_path: Path) -> None:
     assert failures == []
     assert seen <= {f"v{i}" for i in range(6)}
     assert selected(rule_source.current()) == "v5"
+
+
+def _worker(rule_source: RuleSource, results: Any) -> None:
+    """A forked worker: serve 'requests' until the new rule set is in force."""
+    deadline = time.monotonic() + 10
+    first = selected(rule_source.current())
+    while time.monotonic() < deadline:
+        now = selected(rule_source.current())
+        if now != first:
+            results.put((os.getpid(), first, now))
+            return
+        time.sleep(0.05)
+    results.put((os.getpid(), first, "timed out"))
+
+
+def test_every_forked_worker_swaps_in_a_change_within_seconds(tmp_path: Path) -> None:
+    """As gunicorn forks workers from a master that built the app: no thread, no restart."""
+    rules = tmp_path / "rules.json"
+    write(rules, [rule("before")])
+    rule_source = source(tmp_path, interval=0.2)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=_worker, args=(rule_source, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.3)
+    replace(rules, [rule("after")])
+    changed = time.monotonic()
+    seen = [results.get(timeout=15) for _ in workers]
+    elapsed = time.monotonic() - changed
+    for worker in workers:
+        worker.join(timeout=5)
+    assert sorted(first_then for _pid, *first_then in seen) == [["before", "after"]] * 2
+    assert len({pid for pid, *_ in seen}) == 2
+    assert elapsed < 5  # SPEC §16
