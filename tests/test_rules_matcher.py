@@ -411,3 +411,16 @@ def test_a_rule_naming_the_default_port_matches_without_it() -> None:
     assert matched(m, "GET", "https://app.example.com/a") == "r"
     assert m.match("GET", "http", "x", "/") is None  # "http://x" has no path: never a request
     assert m.match("GET", "https", "app.example.com:443", "/").rule.id == "r"  # type: ignore[union-attr]
+
+
+def test_explain_reads_rules_written_in_another_case_or_with_the_default_port() -> None:
+    m = matcher(
+        rule("api", "HTTPS://App.Example.com:443/api/<.*>"),
+        rule("broken", "https://app.example.com/<.*>", authenticators=[]),
+    )
+    verdicts = {
+        v.rule.id: v for v in m.explain("GET", "https", "app.example.com", "/home").verdicts
+    }
+    assert verdicts["api"].reason == "path: '/home' does not match '/api/<.*>'"
+    assert verdicts["broken"].outcome == "selected"
+    assert verdicts["broken"].reason.endswith("the rule is invalid, so the request fails closed")

@@ -54,6 +54,7 @@ from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
 # `(?<name>` but not the look-behinds `(?<=` and `(?<!`.
 _DOTNET_GROUP = re.compile(r"\(\?<(?![=!])")
 _SEGMENT_ANY = "[^./]*"
+_SEGMENT_ONE = "[^./]"
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 _ORIGINS_KEPT = 256
 # What a Host can hold once lower-cased: a name or IPv4 (a trailing dot allowed), or an
@@ -64,7 +65,6 @@ _HOST = re.compile(
 )
 # A literal rule origin that names its scheme's default port.
 _RULE_DEFAULT_PORT = re.compile(r"(https?)://([^/:]*)(:80|:443)(?=/|$)")
-_SEGMENT_ONE = "[^./]"
 
 
 class PatternError(ValueError):
@@ -462,8 +462,10 @@ class Matcher:
                 if selected.default:
                     verdicts.append(Verdict(rule, "default", "no rule matched: the default rule"))
                 else:
-                    entry = by_rule[id(rule)]
-                    verdicts.append(Verdict(rule, "selected", f"matches; {_describe(entry)}"))
+                    reason = f"matches; {_describe(by_rule[id(rule)])}"
+                    if rule.invalid:
+                        reason += "; the rule is invalid, so the request fails closed"
+                    verdicts.append(Verdict(rule, "selected", reason))
             elif id(rule) in by_rule:
                 reason = _shadowed(by_rule[id(rule)], matching[0][0])
                 verdicts.append(Verdict(rule, "shadowed", reason))
@@ -506,7 +508,8 @@ def _url_miss(url: CompiledURL, request: str, origin: str, template: str) -> str
         if authority_end >= 0 and rule_origin != origin:
             return f"scheme/host: the rule is for {rule_origin}, the request for {origin}"
         if authority_end >= 0:
-            return f"path: {request[len(origin) :]!r} does not match {template[len(origin) :]!r}"
+            path_template = template[template.index("/", template.index("://") + 3) :]
+            return f"path: {request[len(origin) :]!r} does not match {path_template!r}"
         if not origin.startswith(rule_origin) and not rule_origin.startswith(origin):
             return f"scheme/host: the rule is for {rule_origin}..., the request for {origin}"
     return f"URL {request!r} does not match {template!r}"
