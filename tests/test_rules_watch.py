@@ -259,3 +259,23 @@ def test_every_forked_worker_swaps_in_a_change_within_seconds(tmp_path: Path) ->
     assert sorted(first_then for _pid, *first_then in seen) == [["before", "after"]] * 2
     assert len({pid for pid, *_ in seen}) == 2
     assert elapsed < 5  # SPEC §16
+
+
+def test_a_file_broken_from_the_start_is_read_again_with_any_change(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    write(first, "[")
+    write(second, [rule("second", "https://x/second")])
+    config = tmp_path / "ory.toml"
+    config.write_text(
+        '[proxy]\nupstream = "http://127.0.0.1:3000"\n'
+        '[access_rules]\nrepositories = ["first.json", "second.json"]\n'
+    )
+    rule_source = RuleSource(load_settings(config, env={}), interval=0.0)
+    assert not rule_source.ready and rule_source.error.startswith(str(first))
+    write(second, [rule("second", "https://x/2")])
+    assert rule_source.current() is None  # the other file changed; the first is still broken
+    assert rule_source.error.startswith(str(first))
+    write(first, [rule("first")])
+    matcher = rule_source.current()
+    assert matcher is not None
+    assert [r.id for r in matcher.rule_set.rules] == ["first", "second"]

@@ -20,8 +20,9 @@ line naming the file and the rule. The same broken content is not re-read
 until the file changes again. A deleted file counts as a failure (its rules
 stay, with the rest of the last good set). `inline://` and `http(s)://`
 repositories are read once, when the source is created (Oathkeeper does not
-poll remote repositories either); ory.toml's `[[rule]]` tables are part of
-the settings and change with a restart.
+poll remote repositories either); one that failed then is tried again when
+a watched file changes. ory.toml's `[[rule]]` tables are part of the
+settings and change with a restart.
 """
 
 from __future__ import annotations
@@ -139,8 +140,10 @@ class RuleSource:
 
     def _load(self, indexes: range | list[int], now: float) -> bool:
         rules = dict(self._rules)
+        # A repository that has never been read well is read again with any change.
+        missing = [i for i in range(len(self._repositories)) if i not in rules]
         try:
-            for index in indexes:
+            for index in sorted({*indexes, *missing}):
                 repo = self._repositories[index]
                 if repo.kind != "file":
                     if index not in rules:  # inline and remote repositories are read once
