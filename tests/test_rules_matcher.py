@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.rules.loader import RuleError, build_rule_set, parse_document
@@ -424,3 +426,36 @@ def test_explain_reads_rules_written_in_another_case_or_with_the_default_port() 
     assert verdicts["api"].reason == "path: '/home' does not match '/api/<.*>'"
     assert verdicts["broken"].outcome == "selected"
     assert verdicts["broken"].reason.endswith("the rule is invalid, so the request fails closed")
+
+
+# Small alphabets, so that random prefixes share, split and nest radix-tree edges.
+_LITERAL = st.text(alphabet="ab/", max_size=6)
+_RULES = st.lists(
+    st.tuples(
+        _LITERAL,
+        st.sampled_from(["", "<[ab]*>", "<b/.*>", "<a?>"]),
+        _LITERAL,
+        st.sampled_from([("GET",), ("POST",), ("GET", "POST")]),
+        st.integers(min_value=0, max_value=2),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rules=_RULES, paths=st.lists(_LITERAL, min_size=1, max_size=8))
+def test_the_index_agrees_with_a_scan_for_any_rule_set(
+    rules: list[tuple[str, str, str, tuple[str, ...], int]], paths: list[str]
+) -> None:
+    documents = [
+        rule(f"r{i}", f"https://x/{head}{pattern}{tail}", methods, priority=priority)
+        for i, (head, pattern, tail, methods, priority) in enumerate(rules)
+    ]
+    m = matcher(*documents)
+    for path in paths:
+        for method in ("GET", "POST"):
+            fast = m.match(method, "https", "x", "/" + path)
+            slow = m.explain(method, "https", "x", "/" + path).selected
+            assert (fast and fast.rule.id) == (slow and slow.rule.id)
+            assert (fast and fast.capture_groups) == (slow and slow.capture_groups)
