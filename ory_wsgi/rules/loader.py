@@ -29,8 +29,6 @@ import difflib
 import json
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -147,6 +145,9 @@ def read_repository(repository: Repository, timeout: float = REMOTE_TIMEOUT) -> 
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise RuleError(f"{label}: inline:// must be followed by base64") from None
+    import urllib.error  # only http(s) repositories need it; settings import this module
+    import urllib.request
+
     try:
         # The URL is the operator's own setting (http or https only), not request input.
         with urllib.request.urlopen(repository.location, timeout=timeout) as answer:  # noqa: S310
