@@ -108,6 +108,9 @@ def test_oathkeeper_matcher_cases(
         # `.` matches a line break (a decoded %0A): unlike Go, so <.*> means anything
         ("https://x/<.*>", "https://x/a\nb", True),
         ("https://x/<[a-z.]*>", "https://x/a\nb", False),
+        # flags opening a pattern apply to it, as in Go
+        ("https://x/<(?i)admin>/<.*>", "https://x/ADMIN/1", True),
+        ("https://x/<(?i)admin>/<[a-z]+>", "https://x/admin/B", False),
         # nested <> belong to the pattern
         ("https://x/<[a-z]{1,3}(?:<b>)?>", "https://x/ab<b>", True),
     ],

@@ -17,7 +17,8 @@ delimiters are a load error). Text outside them is literal.
   capturing group; the whole URL must match (`fullmatch`). `.` matches a
   line break too (a decoded `%0A` must not slip past `<.*>`). .NET-style named
   groups `(?<name>...)` are accepted (Oathkeeper uses regexp2) and become
-  Python's `(?P<name>...)`. `capture_groups` are every group's text in
+  Python's `(?P<name>...)`; flags opening a pattern (`<(?i)admin>`) apply to
+  that pattern. `capture_groups` are every group's text in
   regexp2's order: unnamed groups left to right, then named ones; a group
   that did not take part is "".
 - `glob`: gobwas/glob syntax with `.` and `/` as separators: `*` is any run
@@ -46,13 +47,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
 
 # `(?<name>` but not the look-behinds `(?<=` and `(?<!`.
 _DOTNET_GROUP = re.compile(r"\(\?<(?![=!])")
+# A pattern opening with flags, `<(?i)admin>`: Go applies them to the rest of that
+# pattern; Python only allows them at the start of the whole URL, so they are scoped.
+_LEADING_FLAGS = re.compile(r"\(\?([imsx]+)\)(.*)", re.DOTALL)
 _SEGMENT_ANY = "[^./]*"
 _SEGMENT_ONE = "[^./]"
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
@@ -98,7 +102,7 @@ class Verdict:
     """Why one rule did or did not decide a request (for `ory-wsgi rules explain`)."""
 
     rule: AccessRule
-    outcome: str  # "selected", "default", "shadowed", "no match", "not applicable"
+    outcome: Literal["selected", "default", "shadowed", "no match", "not applicable"]
     reason: str
 
 
@@ -266,6 +270,8 @@ def compile_url(template: str, strategy: Strategy) -> CompiledURL:
             parts.append(f"(?:{glob_to_regex(text)})")
             continue
         text = _DOTNET_GROUP.sub("(?P<", text)
+        if flags := _LEADING_FLAGS.fullmatch(text):
+            text = f"(?{flags.group(1)}:{flags.group(2)})"
         try:
             re.compile(text)
         except (re.error, OverflowError, RecursionError) as exc:
