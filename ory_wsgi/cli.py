@@ -132,6 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("file")
     rotate.set_defaults(handler=cmd_keys_rotate)
 
+    rules = commands.add_parser(
+        "rules", help="check access rules, explain which rule a request gets"
+    )
+    rule_commands = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    rules_check = rule_commands.add_parser(
+        "check",
+        help="load the settings and every access rule; exit 0, or 2 naming the file and rule",
+    )
+    _add_config_flag(rules_check)
+    rules_check.set_defaults(handler=cmd_rules_check)
+    rules_explain = rule_commands.add_parser(
+        "explain",
+        help="which rule a request gets and why the others do not; exit 0, or 1 when none",
+    )
+    rules_explain.add_argument("method", metavar="METHOD", help="e.g. GET")
+    rules_explain.add_argument("url", metavar="URL", help="e.g. https://app.example.com/api/x")
+    _add_config_flag(rules_explain)
+    rules_explain.set_defaults(handler=cmd_rules_explain)
+
     demo = commands.add_parser(
         "demo", help="the proxy, a sample app and a local Ory stand-in, all on loopback"
     )
@@ -244,6 +263,70 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     rotate_key_set_file(args.file)
     print(f"added a new signing key to {args.file}; the old keys are still published")
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from ory_wsgi.rules.loader import load_rule_set
+    from ory_wsgi.rules.matcher import Matcher
+
+    settings = load_settings(args.config)
+    rule_set = load_rule_set(settings)
+    matcher = Matcher(rule_set)
+    for rule in rule_set.rules:
+        if rule.match is not None and not rule.match.methods:
+            print(f"warning: {rule.where}: match.methods is empty: it matches no request")
+    for first, second in matcher.ties():
+        print(
+            f"warning: {second.where}: ties with rule {first.id!r} ({first.source}):"
+            f" same method, literal prefix, priority and specificity; {first.id!r} wins"
+            " where both match (loaded first); set priority to decide"
+        )
+    if rule_set.invalid:
+        for rule in rule_set.invalid:
+            print(f"ory-wsgi: {rule.invalid}", file=sys.stderr)
+        return 2
+    inline, sources = len(settings.rule), len(rule_set.sources)
+    default = f", default rule {rule_set.default_rule!r}" if rule_set.default_rule else ""
+    print(
+        f"ok: {len(rule_set.rules)} access rules ({len(rule_set.rules) - inline} from"
+        f" {sources} {'repository' if sources == 1 else 'repositories'}, {inline} from"
+        f" [[rule]]); {rule_set.strategy} matching{default}"
+    )
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from ory_wsgi.errors import BadRequest
+    from ory_wsgi.paths import normalise_path
+    from ory_wsgi.rules.loader import load_rule_set
+    from ory_wsgi.rules.matcher import Matcher
+
+    matcher = Matcher(load_rule_set(load_settings(args.config)))
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{args.url}: expected an http(s) URL")
+    try:
+        path = normalise_path(parts.path or "/").match
+    except BadRequest as exc:
+        raise ConfigError(f"{args.url}: the path is refused (400): {exc}") from None
+    try:
+        explanation = matcher.explain(args.method, parts.scheme, parts.netloc, path)
+    except BadRequest as exc:
+        raise ConfigError(f"{args.url}: the request is refused (400): {exc}") from None
+    print(f"{args.method.upper()} {explanation.url}")
+    for verdict in explanation.verdicts:
+        print(
+            f"  {verdict.outcome:<14} {verdict.rule.id}  ({verdict.rule.source}): {verdict.reason}"
+        )
+    selected = explanation.selected
+    if selected is None:
+        print("no rule matches: the request is answered 404 (403 on the decisions endpoint)")
+        return 1
+    groups = f"; capture groups {list(selected.capture_groups)}" if selected.capture_groups else ""
+    print(f"rule: {selected.rule.id}{groups}")
     return 0
 
 

@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ory_wsgi.errors import ConfigError
+from ory_wsgi.rules.loader import RuleError, parse_document, parse_repository
+from ory_wsgi.rules.model import STRATEGIES, AccessRule
 
 DURATION = {"duration": True}
 
@@ -90,6 +92,15 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AccessRulesSettings:
+    """`[access_rules]`: where rule files are and how `match.url` patterns are read (§16)."""
+
+    repositories: tuple[str, ...] = ()  # absolute paths, file://, inline://, http(s)://
+    matching_strategy: str = "regexp"
+    default_rule: str = ""
+
+
+@dataclass(frozen=True)
 class Rule:
     """One `[[protect]]` or `[[public]]` entry: exactly one of the three matchers."""
 
@@ -110,8 +121,10 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     decisions: DecisionsSettings = field(default_factory=DecisionsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    access_rules: AccessRulesSettings = field(default_factory=AccessRulesSettings)
     protect: tuple[Rule, ...] = ()
     public: tuple[Rule, ...] = ()
+    rule: tuple[AccessRule, ...] = ()  # `[[rule]]` tables: access rules in ory.toml
 
     @property
     def ory_url(self) -> str:
@@ -126,9 +139,10 @@ class Settings:
 SECTIONS: dict[str, type[Any]] = {
     f.name: f.default_factory  # type: ignore[misc]
     for f in dataclasses.fields(Settings)
-    if f.name not in ("protect", "public")
+    if f.name not in ("protect", "public", "rule")
 }
 RULE_LISTS = ("protect", "public")
+ACCESS_RULES = "rule"  # `[[rule]]`: parsed by ory_wsgi.rules.loader
 RULE_KEYS = tuple(f.name for f in dataclasses.fields(Rule))
 # ORY_WSGI_<SECTION>_<KEY> -> (section, key)
 ENV_KEYS = {
@@ -161,6 +175,7 @@ class Value(NamedTuple):
     source: str  # the file, env var or override that set it
     raw: Any
     textual: bool  # env vars and CLI strings: "true", "1,2", "30" are parsed
+    directory: str = ""  # relative paths in it are taken from here ("" = the working dir)
 
 
 Layer = dict[str, dict[str, Value]]
@@ -182,10 +197,15 @@ def load_settings(
 
     merged: Layer = {}
     rules: dict[str, Any] = {}
+    access_rules: tuple[AccessRule, ...] | None = None
     for source, layer in layers:
         for name in RULE_LISTS:
             if name in layer:
                 rules[name] = (source, layer.pop(name))
+        if ACCESS_RULES in layer:
+            from_file = path is not None and source == str(path)
+            directory = os.path.dirname(os.path.abspath(source)) if from_file else ""
+            access_rules = _build_access_rules(source, layer.pop(ACCESS_RULES), directory)
         ory = layer.get("ory", {})
         if _set(ory, "sdk_url") and _set(ory, "project"):
             names = sorted({ory["sdk_url"].source, ory["project"].source} - {source})
@@ -199,7 +219,10 @@ def load_settings(
             # A higher layer naming one way to reach Ory replaces the other.
             if section == "ory" and (_set(values, "sdk_url") or _set(values, "project")):
                 target.pop("project" if _set(values, "sdk_url") else "sdk_url", None)
-    return _build(merged, rules)
+    settings = _build(merged, rules)
+    if access_rules is not None:
+        settings = dataclasses.replace(settings, rule=access_rules)
+    return settings
 
 
 def _set(values: Mapping[str, Value], key: str) -> bool:
@@ -217,8 +240,9 @@ def _read_toml(path: str) -> Layer:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     layer: Layer = {}
+    directory = os.path.dirname(os.path.abspath(path))
     for section, values in data.items():
-        if section in RULE_LISTS:
+        if section in (*RULE_LISTS, ACCESS_RULES):
             if not isinstance(values, list):
                 raise ConfigError(f"{path}: [[{section}]] must be an array of tables")
             layer[section] = values  # type: ignore[assignment]
@@ -231,7 +255,9 @@ def _read_toml(path: str) -> Layer:
             raise ConfigError(f"{path}: unknown section [{section}]{_suggest(section, _roots())}")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [{section}] must be a table, got {values!r}")
-        layer[section] = {key: Value(path, value, False) for key, value in values.items()}
+        layer[section] = {
+            key: Value(path, value, False, directory) for key, value in values.items()
+        }
     return layer
 
 
@@ -267,7 +293,7 @@ def _override_layer(overrides: Mapping[str, Any]) -> Layer:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in RULE_LISTS:
+        if key in (*RULE_LISTS, ACCESS_RULES):
             layer[key] = list(value)  # type: ignore[assignment]
         elif key in SECTIONS and isinstance(value, Mapping):
             for sub, sub_value in value.items():
@@ -280,7 +306,7 @@ def _override_layer(overrides: Mapping[str, Any]) -> Layer:
             choices = " or ".join(f"{s}={{{key!r}: ...}}" for s in owners[key])
             raise ConfigError(f"overrides: {key} is ambiguous: pass {choices}")
         else:
-            known = sorted(owners) + sorted(SECTIONS) + list(RULE_LISTS)
+            known = sorted(owners) + sorted(SECTIONS) + [*RULE_LISTS, ACCESS_RULES]
             raise ConfigError(f"overrides: unknown setting {key}{_suggest(key, known)}")
     return layer
 
@@ -296,6 +322,8 @@ def _build(merged: Layer, rules: Mapping[str, Any]) -> Settings:
                     f"{value.source}: unknown key [{section}] {key}{_suggest(key, list(fields))}"
                 )
             values[key] = _coerce(value, section, fields[key])
+        if section == "access_rules" and "repositories" in values:
+            values["repositories"] = _repositories(merged[section]["repositories"], values)
         sections[section] = cls(**values)
     built_rules: dict[str, Any] = {
         name: _build_rules(source, name, raw) for name, (source, raw) in rules.items()
@@ -412,6 +440,26 @@ def _build_rules(source: str, name: str, raw: Any) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _build_access_rules(source: str, raw: Any, directory: str) -> tuple[AccessRule, ...]:
+    """`[[rule]]` tables: the fields of an Oathkeeper access rule (ory_wsgi.rules.loader)."""
+    try:
+        return parse_document(list(raw), f"{source} [[rule]]", directory or os.getcwd())
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _repositories(value: Value, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """Bare paths and relative file:// paths made absolute (against the config file's dir)."""
+    resolved = []
+    for location in values["repositories"]:
+        try:
+            repository = parse_repository(location, value.directory or os.getcwd())
+        except RuleError as exc:
+            raise ConfigError(f"{value.source}: [access_rules] repositories: {exc}") from None
+        resolved.append(repository.path if repository.kind == "file" else location)
+    return tuple(resolved)
+
+
 def _validate(settings: Settings, merged: Layer) -> None:
     def where(section: str, key: str) -> str:
         value = merged.get(section, {}).get(key)
@@ -443,6 +491,12 @@ def _validate(settings: Settings, merged: Layer) -> None:
         raise ConfigError(f"{where('log', 'format')}: must be json or text")
     if settings.log.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"{where('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
+    strategy = settings.access_rules.matching_strategy
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"{where('access_rules', 'matching_strategy')}: must be regexp or glob, got"
+            f" {strategy!r}{_suggest(strategy, list(STRATEGIES))}"
+        )
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
 
@@ -467,7 +521,7 @@ def _check_origin(value: str, where: str, allow_path: bool = False) -> None:
 
 
 def _roots() -> list[str]:
-    return list(SECTIONS) + list(RULE_LISTS)
+    return [*SECTIONS, *RULE_LISTS, ACCESS_RULES]
 
 
 def _suggest(word: str, choices: list[str]) -> str:
