@@ -1,8 +1,9 @@
 """WebSockets: an `Upgrade: websocket` request, once the auth layers ran, spliced to the upstream.
 
-    app = WebSocketSplice(forwarder, "http://127.0.0.1:3000")
+    app = WebSocketSplice(forwarder)  # the forwarder's upstream, TLS settings and timeouts
 
-The handshake goes to the upstream on a connection of its own, with the
+The handshake goes to the upstream on a connection of its own (opened by the
+forwarder's `Transport`: TCP, TLS or a Unix socket), with the
 forwarder's header policy (X-Forwarded-*, Host, the JWT as Authorization, no
 client Authorization) plus `Connection: Upgrade` and `Upgrade: websocket`.
 On 101 the answer is written to the client over the server's raw socket
@@ -30,6 +31,7 @@ from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
 from ory_wsgi.forwarder import Forwarder, UpstreamCut, request_target
 from ory_wsgi.headers import response_headers, upstream_headers
 from ory_wsgi.readiness import shutting_down
+from ory_wsgi.transport import Transport
 from ory_wsgi.wrappers.cors import OriginPolicy
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
@@ -85,31 +87,32 @@ class WebSocketSplice:
     non-101 answer. `origins`, when set, refuses a handshake whose `Origin`
     it does not allow (403): browsers send cookies on cross-site WebSocket
     handshakes and apply no CORS to them, so without this check any web page
-    could talk to the app as its visitor. `idle_timeout` defaults to
-    `read_timeout`.
+    could talk to the app as its visitor. `upstream` defaults to the
+    forwarder's `Transport` (a URL builds one with default TLS settings and
+    `connect_timeout` / `read_timeout`); `idle_timeout` defaults to its
+    read timeout.
     """
 
     def __init__(
         self,
         forwarder: Forwarder,
-        upstream: str,
+        upstream: str | Transport | None = None,
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
         idle_timeout: float | None = None,
         origins: OriginPolicy | None = None,
     ) -> None:
-        parts = urlsplit(upstream)
-        if not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {upstream!r}")
+        if upstream is None:
+            upstream = forwarder.transport
+        elif isinstance(upstream, str):
+            upstream = Transport.for_url(
+                upstream, connect_timeout=connect_timeout, read_timeout=read_timeout
+            )
         self.forwarder = forwarder
-        self.secure = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.secure else 80)
-        self.tls = ssl.create_default_context() if self.secure else None
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.idle_timeout = read_timeout if idle_timeout is None else idle_timeout
+        self.transport = upstream
+        self.read_timeout = upstream.read_timeout
+        self.idle_timeout = upstream.read_timeout if idle_timeout is None else idle_timeout
         self.origins = origins
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
@@ -134,11 +137,10 @@ class WebSocketSplice:
             return error_answer(environ, start_response, 400, str(exc))
 
         started = time.perf_counter()
-        connection = self._connection()
         try:
+            connection = self.transport.connect()
             response = self._handshake(connection, target, headers)
         except UpstreamError as exc:
-            connection.close()
             log.error("%s: WebSocket %s: %s", exc.code, target.split("?", 1)[0], exc)
             environ["ory.error"] = exc.code
             message = (
@@ -188,24 +190,9 @@ class WebSocketSplice:
         headers["Upgrade"] = "websocket"
         return headers
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.tls is not None:
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=self.tls
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
-
     def _handshake(
         self, connection: http.client.HTTPConnection, target: str, headers: dict[str, str]
     ) -> http.client.HTTPResponse:
-        try:
-            connection.connect()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connect: {exc}") from None
-        except OSError as exc:
-            raise UpstreamError(str(exc)[:200]) from None
-        assert connection.sock is not None
-        connection.sock.settimeout(self.read_timeout)
         try:
             connection.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
             for name, value in headers.items():
@@ -213,8 +200,10 @@ class WebSocketSplice:
             connection.endheaders()
             return connection.getresponse()
         except TimeoutError as exc:
+            connection.close()
             raise UpstreamTimeout(f"read: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
+            connection.close()
             raise UpstreamError(str(exc)[:200] or type(exc).__name__) from None
 
     def _pass_on(
