@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import socket
 import ssl
@@ -17,17 +15,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import TestCA
 from joserfc import jwt
 from ory_flows import PASSWORD, jwks
 from servers import Gunicorn, ThreadedServer, free_port, log_records
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.http11 import Request
 from websockets.sync.client import ClientConnection, connect
-from websockets.sync.server import ServerConnection, serve
+from ws_echo import EchoApp
 
 from ory_wsgi import make_app
 from ory_wsgi.testing import FakeKratos
@@ -41,46 +35,11 @@ HANDSHAKE = {
 }
 
 
-class EchoApp:
-    """A WebSocket app: records every handshake, echoes messages, closes on "bye".
-
-    `/refuse...` is answered 403 instead of 101; `/greet...` sends "hello" first;
-    "drop" makes it drop the connection without a close frame.
-    """
-
-    def __init__(self) -> None:
-        self.handshakes: list[Request] = []
-        self.server = serve(self.handle, "127.0.0.1", 0, process_request=self.check)
-        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def check(self, connection: ServerConnection, request: Request) -> Any:
-        self.handshakes.append(request)
-        if request.path.startswith("/refuse"):
-            return connection.respond(403, "the app says no\n")
-        return None
-
-    def handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        if connection.request.path.startswith("/greet"):
-            connection.send("hello")
-        for message in connection:
-            if message == "bye":
-                return
-            if message == "drop":  # gone without a close frame, as a crashed app would be
-                connection.socket.shutdown(socket.SHUT_RDWR)
-                return
-            connection.send(message)
-
-    def seen(self, path: str) -> list[Request]:
-        return [request for request in self.handshakes if request.path == path]
-
-
 @pytest.fixture(scope="module")
 def echo() -> Iterator[EchoApp]:
     app = EchoApp()
     yield app
-    app.server.shutdown()
+    app.stop()
 
 
 def proxy_config(directory: Path, echo: EchoApp, ory: str, port: int, extra: str = "") -> Path:
@@ -364,45 +323,15 @@ def test_sigterm_closes_open_websockets_without_waiting_for_the_graceful_timeout
         server.stop()
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_a_tls_server_splices_large_messages(
     echo: EchoApp, fake_ory_server: FakeKratosServer, tmp_path: Path
 ) -> None:
-    cert, key = self_signed_certificate(tmp_path)
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("proxy", "127.0.0.1")
     server = start_gunicorn(
         tmp_path, echo, fake_ory_server.kratos.url, "--certfile", str(cert), "--keyfile", str(key)
     )
-    client_tls = ssl.create_default_context(cafile=str(cert))
+    client_tls = ssl.create_default_context(cafile=str(ca.cert))
     big = bytes(range(256)) * 1000  # several TLS records each way
     try:
         url = f"wss://127.0.0.1:{server.port}{unique()}"
