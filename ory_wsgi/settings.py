@@ -467,12 +467,12 @@ def _validate(settings: Settings, merged: Layer) -> None:
 
 def _check_upstream(value: str, tls: TLSOptions, where: Callable[[str, str], str]) -> None:
     """`http(s)://host[:port]` or `unix:PATH`, and its TLS files loadable (once, at startup)."""
-    if not value.startswith("unix:"):
-        _check_origin(value, where("proxy", "upstream"))
     try:
         target = parse_upstream(value, tls)
     except ValueError as exc:
         raise ConfigError(f"{where('proxy', 'upstream')}: {exc}") from None
+    if not target.is_unix:
+        _check_origin(value, where("proxy", "upstream"))
     ssl_context(target, lambda key: where("proxy", f"upstream_{key}"))
 
 

@@ -30,6 +30,7 @@ a message that says which and, for TLS, which setting to look at.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from ory_wsgi.errors import ConfigError, UpstreamError, UpstreamTimeout
 UNIX_PREFIX = "unix:"
 # The Host a Unix-socket upstream gets under rewrite_host: what nginx sends for one.
 UNIX_HOST = "localhost"
+# sun_path is 108 bytes on Linux, the final NUL included.
+MAX_UNIX_PATH = 107
 TLS_KEYS = ("ca_file", "client_cert", "client_key", "server_name")
 TLS_FILES = ("ca_file", "client_cert", "client_key")
 T = TypeVar("T")
@@ -133,6 +136,8 @@ def parse_upstream(spec: str, tls: TLSOptions | None = None) -> UpstreamTarget:
             path = path[2:]
         if not path or "\x00" in path:
             raise ValueError(f"not a Unix socket path: {spec!r} (write unix:/run/app.sock)")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ValueError(f"a Unix socket path is at most {MAX_UNIX_PATH} bytes: {spec!r}")
         return UpstreamTarget("unix", socket_path=path, tls=tls)
     try:
         parts = urlsplit(spec)
