@@ -15,7 +15,9 @@ upgrade goes to the forwarder untouched.
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import http.client
 import logging
 import selectors
@@ -41,6 +43,9 @@ CHUNK = 64 * 1024
 # How often a quiet splice looks whether the worker is shutting down.
 SHUTDOWN_POLL = 1.0
 NO_BODY_STATUSES = frozenset({204, 304})
+# RFC 6455 §1.3: the accept is base64(SHA-1(key + this GUID)).
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+BAD_HANDSHAKE = "upstream_bad_handshake"
 
 
 class SpliceEnded(ConnectionResetError):
@@ -130,7 +135,7 @@ class WebSocketSplice:
             return self._no_raw_socket(environ, start_response)
         try:
             target = environ.get("ory.target") or request_target(environ)
-            headers = self._handshake_headers(environ)
+            headers, accept = self._handshake_headers(environ)
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
@@ -154,10 +159,11 @@ class WebSocketSplice:
         out_headers = response_headers(response.getheaders())
         if response.status != 101:
             return self._pass_on(environ, start_response, connection, response, out_headers)
-        if "websocket" not in _tokens(response.getheader("Upgrade", "")):
+        refused = self._bad_switch(response, accept)
+        if refused:
             connection.close()
-            log.error("upstream_unreachable: the application switched to another protocol")
-            environ["ory.error"] = "upstream_unreachable"
+            log.error("%s: WebSocket %s: %s", BAD_HANDSHAKE, target.split("?", 1)[0], refused)
+            environ["ory.error"] = BAD_HANDSHAKE
             return error_answer(
                 environ, start_response, 502, "The application did not accept the WebSocket."
             )
@@ -178,17 +184,44 @@ class WebSocketSplice:
             self.idle_timeout,
         )
 
-    def _handshake_headers(self, environ: WSGIEnvironment) -> dict[str, str]:
+    def _handshake_headers(self, environ: WSGIEnvironment) -> tuple[dict[str, str], str]:
+        """The headers of the handshake sent upstream, and the Sec-WebSocket-Accept it must get."""
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
             "HTTP_TRANSFER_ENCODING"
         ):
             raise BadRequest("a WebSocket handshake has no body")
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+        if not _valid_key(key):
+            raise BadRequest("a WebSocket handshake needs a Sec-WebSocket-Key (16 bytes, base64)")
         forwarder = self.forwarder
         headers = upstream_headers(environ, forwarder.trusted, forwarder.upstream_host)
         forwarder.adjust_request_headers(environ, headers)
+        # The key the accept is checked against is the one sent, whatever the
+        # client's Connection header asked to drop.
+        for name in [name for name in headers if name.lower() == "sec-websocket-key"]:
+            del headers[name]
+        headers["Sec-WebSocket-Key"] = key
         headers["Connection"] = "Upgrade"
         headers["Upgrade"] = "websocket"
-        return headers
+        return headers, accept_for(key)
+
+    @staticmethod
+    def _bad_switch(response: http.client.HTTPResponse, accept: str) -> str:
+        """Why a 101 from the upstream is not a WebSocket handshake for our key ("" if it is).
+
+        Checked before a byte is spliced (RFC 6455 §4.1): a 101 for another
+        protocol, or one whose accept was not computed from the key sent, is
+        not the app accepting this WebSocket (a cache or a misrouted
+        connection answering), and the client must not be handed its stream.
+        """
+        if "websocket" not in _tokens(response.getheader("Upgrade", "")):
+            return "the application switched to another protocol"
+        got = response.getheader("Sec-WebSocket-Accept")
+        if got is None:
+            return "the application's 101 has no Sec-WebSocket-Accept"
+        if got.strip() != accept:
+            return f"the application's 101 has a wrong Sec-WebSocket-Accept: {got[:60]!r}"
+        return ""
 
     def _handshake(
         self, connection: http.client.HTTPConnection, target: str, headers: dict[str, str]
@@ -364,6 +397,23 @@ class RefusalBody:
     def close(self) -> None:
         self.response.close()
         self.connection.close()
+
+
+def accept_for(key: str) -> str:
+    """The Sec-WebSocket-Accept that answers `key`."""
+    # SHA-1 is what the protocol fixes; nothing here relies on it resisting collisions.
+    digest = hashlib.sha1(key.encode("ascii") + WEBSOCKET_GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _valid_key(key: str) -> bool:
+    """16 bytes in base64 (RFC 6455 §4.1): what every client sends, and nothing else."""
+    if len(key) != 24 or not key.isascii():
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
 
 
 def _tokens(value: str) -> set[str]:

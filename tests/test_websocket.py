@@ -26,6 +26,7 @@ from ws_echo import EchoApp
 from ory_wsgi import make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
+from ory_wsgi.websocket import accept_for
 
 HANDSHAKE = {
     "Connection": "Upgrade",
@@ -389,3 +390,166 @@ def test_a_server_without_a_raw_socket_answers_501(
     assert response.status_code == 501
     assert "does not give applications its client socket" in response.json()["error"]["message"]
     assert echo.seen(path) == []
+
+
+def test_the_accept_is_computed_as_rfc_6455_shows() -> None:
+    assert accept_for("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+class FakeSwitch:
+    """A raw upstream answering each handshake with a 101, then a frame of its own.
+
+    The request path picks the Sec-WebSocket-Accept lines of the 101 (see
+    ACCEPTS); `connections` counts the handshakes that reached it.
+    """
+
+    FRAME = b"\x81\x06leaked"
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(client,), daemon=True).start()
+
+    def _answer(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = client.recv(4096)
+                if not data:
+                    return
+                head += data
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            key = next(v for k, v in fields.items() if k.lower() == "sec-websocket-key")
+            accept = "".join(f"{line}\r\n" for line in ACCEPTS[path](key))
+            client.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n" + accept.encode() + b"\r\n" + self.FRAME
+            )
+            time.sleep(2)
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+OTHER_KEY = "AQIDBAUGBwgJCgsMDQ4PEA=="
+ACCEPTS: dict[str, Callable[[str], list[str]]] = {
+    "/right": lambda key: [f"Sec-WebSocket-Accept: {accept_for(key)}"],
+    "/missing": lambda key: [],
+    "/for-another-key": lambda key: [f"Sec-WebSocket-Accept: {accept_for(OTHER_KEY)}"],
+    "/the-key-itself": lambda key: [f"Sec-WebSocket-Accept: {key}"],
+    "/empty": lambda key: ["Sec-WebSocket-Accept: "],
+    "/right-and-wrong": lambda key: [
+        f"Sec-WebSocket-Accept: {accept_for(key)}",
+        f"Sec-WebSocket-Accept: {accept_for(OTHER_KEY)}",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def switch() -> Iterator[FakeSwitch]:
+    server = FakeSwitch()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def switch_proxy(
+    switch: FakeSwitch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    directory = tmp_path_factory.mktemp("switch")
+    config = directory / "ory.toml"
+    config.write_text(f'[proxy]\nupstream = "{switch.url}"\nread_timeout = "5s"\n')
+    server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=directory)
+    yield server
+    server.stop()
+
+
+def raw_handshake(
+    server: Gunicorn, path: str, key: str | None = HANDSHAKE["Sec-WebSocket-Key"]
+) -> bytes:
+    """What the proxy writes back to a handshake, up to 2 s of it."""
+    headers = {**HANDSHAKE, "Host": f"127.0.0.1:{server.port}"}
+    if key is None:
+        del headers["Sec-WebSocket-Key"]
+    else:
+        headers["Sec-WebSocket-Key"] = key
+    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request.encode() + b"\r\n")
+        received = b""
+        deadline = time.monotonic() + 2
+        sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                if received:
+                    break
+                continue
+            if not data:
+                break
+            received += data
+    return received
+
+
+def test_an_upgrade_accepted_with_the_right_key_is_spliced(
+    switch_proxy: Gunicorn, switch: FakeSwitch
+) -> None:
+    answer = raw_handshake(switch_proxy, "/right")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert answer.endswith(FakeSwitch.FRAME)
+
+
+@pytest.mark.parametrize(
+    "path", ["/missing", "/for-another-key", "/the-key-itself", "/empty", "/right-and-wrong"]
+)
+def test_a_101_without_the_right_accept_is_a_502_and_nothing_is_spliced(
+    switch_proxy: Gunicorn, path: str
+) -> None:
+    answer = raw_handshake(switch_proxy, path)
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"leaked" not in answer
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [
+            line
+            for line in switch_proxy.log().splitlines()
+            if f"upstream_bad_handshake: WebSocket {path}:" in line
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
+    (line,) = lines
+    assert "Sec-WebSocket-Accept" in line
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        "",
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZQ==, AQIDBAUGBwgJCgsMDQ4PEA==",
+    ],
+)
+def test_a_handshake_without_a_valid_key_is_400_and_never_reaches_the_app(
+    switch_proxy: Gunicorn, switch: FakeSwitch, key: str | None
+) -> None:
+    before = switch.connections
+    answer = raw_handshake(switch_proxy, "/right", key=key)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"Sec-WebSocket-Key" in answer
+    assert switch.connections == before
