@@ -104,8 +104,9 @@ class UpstreamTarget:
         """The upstream's own origins as an app would write them in a Location header.
 
         A Unix-socket app knows no origin of its own but the Host it was
-        given: under `rewrite_host` that is `http://localhost`; otherwise the
-        client's Host, which is the public URL already, so nothing is rewritten.
+        given: `http://localhost` under `rewrite_host` (the forwarder uses
+        these only then); otherwise the client's Host, which is the public
+        URL already, so nothing needs rewriting.
         """
         if self.is_unix:
             return (f"http://{UNIX_HOST}", f"http://{UNIX_HOST}:80")
@@ -131,9 +132,12 @@ def parse_upstream(spec: str, tls: TLSOptions | None = None) -> UpstreamTarget:
     tls = tls or TLSOptions()
     if spec.startswith(UNIX_PREFIX):
         path = spec[len(UNIX_PREFIX) :]
-        if path.startswith("//"):
-            # unix:///run/app.sock: tolerate the URL-ish spelling of an absolute path.
+        if path.startswith("///"):
+            # unix:///run/app.sock: the URL-ish spelling of an absolute path.
             path = path[2:]
+        elif path.startswith("//"):
+            # unix://run/app.sock: a host or a relative path? Neither is guessed.
+            raise ValueError(f"ambiguous Unix socket path: {spec!r} (write unix:/run/app.sock)")
         if not path or "\x00" in path:
             raise ValueError(f"not a Unix socket path: {spec!r} (write unix:/run/app.sock)")
         if len(os.fsencode(path)) > MAX_UNIX_PATH:

@@ -191,6 +191,7 @@ def test_websockets_reach_an_app_on_a_unix_socket(start_proxy: ProxyFactory, soc
     ("upstream", "says"),
     [
         ("unix:", "not a Unix socket path"),
+        ("unix://run/app.sock", "ambiguous Unix socket path"),
         ("http+unix://%2Frun%2Fapp.sock", "write a Unix-socket upstream as unix:/path/to.sock"),
         ("unix:/" + "d" * 120 + "/app.sock", "at most 107 bytes"),
         ("ftp://127.0.0.1", "not an http(s) URL"),
@@ -201,3 +202,11 @@ def test_a_bad_unix_upstream_stops_startup_with_one_line(upstream: str, says: st
         make_app(upstream=upstream)
     assert "[proxy] upstream" in str(refused.value)
     assert says in str(refused.value)
+
+
+def test_the_url_spelling_of_an_absolute_socket_path_is_the_same_socket(
+    start_proxy: ProxyFactory, unix_app: str
+) -> None:
+    path = unix_app.removeprefix("unix:")
+    proxy = start_proxy(config(f"unix://{path}"))
+    assert requests.get(f"{proxy.url}/echo", timeout=10).status_code == 200
