@@ -477,10 +477,13 @@ def switch_proxy(
 
 
 def raw_handshake(
-    server: Gunicorn, path: str, key: str | None = HANDSHAKE["Sec-WebSocket-Key"]
+    server: Gunicorn,
+    path: str,
+    key: str | None = HANDSHAKE["Sec-WebSocket-Key"],
+    connection: str = "Upgrade",
 ) -> bytes:
-    """What the proxy writes back to a handshake, up to 2 s of it."""
-    headers = {**HANDSHAKE, "Host": f"127.0.0.1:{server.port}"}
+    """What the proxy writes back to a handshake: until half a second passes without a byte."""
+    headers = {**HANDSHAKE, "Host": f"127.0.0.1:{server.port}", "Connection": connection}
     if key is None:
         del headers["Sec-WebSocket-Key"]
     else:
@@ -489,7 +492,7 @@ def raw_handshake(
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(request.encode() + b"\r\n")
         received = b""
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 15  # a worker still booting on a busy machine
         sock.settimeout(0.5)
         while time.monotonic() < deadline:
             try:
@@ -553,3 +556,12 @@ def test_a_handshake_without_a_valid_key_is_400_and_never_reaches_the_app(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"Sec-WebSocket-Key" in answer
     assert switch.connections == before
+
+
+def test_a_client_cannot_drop_the_key_the_accept_is_checked_against(
+    switch_proxy: Gunicorn,
+) -> None:
+    # Naming the key in Connection would drop it as hop-by-hop; the key sent is ours to keep.
+    answer = raw_handshake(switch_proxy, "/right", connection="Upgrade, Sec-WebSocket-Key")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert f"Sec-WebSocket-Accept: {accept_for(HANDSHAKE['Sec-WebSocket-Key'])}".encode() in answer
