@@ -1,6 +1,6 @@
 """ory_wsgi against werkzeug's ProxyMiddleware, nginx and a bare WSGI app: one run, same gunicorn.
 
-    .venv/bin/python bench/run.py              # throughput and latency, ~2.5 min
+    .venv/bin/python bench/run.py              # throughput, latency, Unix vs TCP upstream, ~3 min
     .venv/bin/python bench/run.py --memory     # 1 GiB download and 1 GiB chunked upload
 
 Starts one upstream, the Kratos stand-in (as Ory) and every server under
@@ -48,6 +48,7 @@ MEMORY_BUDGET = 32 * MIB
 # Targets of the issue, as ratios to werkzeug's requests/s in the same run.
 TARGETS = {"ory_wsgi, anonymous": 1.5, "ory_wsgi, logged in, cached": 1.25}
 WERKZEUG = "werkzeug ProxyMiddleware"
+UNIX_TARGET = "ory_wsgi, anonymous, unix upstream"
 CONCURRENT_FIRST_REQUESTS = 30
 
 
@@ -564,6 +565,31 @@ def report(targets: list[Target], out: IO[str]) -> None:
         )
 
 
+def unix_report(targets: list[Target], out: IO[str]) -> None:
+    """The Unix-socket upstream against loopback TCP: same proxy settings, same upstream process."""
+    by_name = {target.name: target for target in targets}
+    tcp, unix = by_name["ory_wsgi, anonymous"], by_name[UNIX_TARGET]
+    paired = [
+        mine.requests_per_s / theirs.requests_per_s
+        for mine, theirs in zip(unix.results, tcp.results, strict=True)
+    ]
+    tcp_median, unix_median = tcp.median(), unix.median()
+    proxy_cpu = tcp_median.cpu_us / unix_median.cpu_us if unix_median.cpu_us else 0.0
+    behind_cpu = (
+        tcp_median.upstream_cpu_us / unix_median.upstream_cpu_us
+        if unix_median.upstream_cpu_us
+        else 0.0
+    )
+    print(
+        f"unix-socket upstream / loopback TCP (ory_wsgi, anonymous): "
+        f"{statistics.median(paired):.2f}x req/s (per round "
+        + ", ".join(f"{ratio:.2f}x" for ratio in paired)
+        + f"); proxy CPU per request TCP/unix {proxy_cpu:.2f}x, "
+        f"upstream+Ory CPU per request TCP/unix {behind_cpu:.2f}x",
+        file=out,
+    )
+
+
 def single_flight_check(proxy: Server, kratos: Kratos, workers: int, out: IO[str]) -> None:
     """30 concurrent first requests of one new session: how many whoami calls they cost."""
     token = kratos.new_session()
@@ -682,19 +708,29 @@ def gunicorn_args(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def unix_socket(workdir: Path) -> Path:
+    """Where the upstream also listens on a Unix socket (the same process as its TCP port)."""
+    return workdir / "upstream.sock"
+
+
 def start_upstream(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Server:
     if args.upstream == "gunicorn" or args.memory:
         upstream = Server.gunicorn(
             "upstream",
             "upstream:app",
-            ["--worker-class", "gthread", "--workers", "2", "--threads", "16"],
+            [
+                *("--worker-class", "gthread", "--workers", "2", "--threads", "16"),
+                *("--bind", f"unix:{unix_socket(workdir)}"),
+            ],
             workdir,
         )
         servers.append(upstream)
         upstream.wait_ready(2)
     else:
         upstream = Server(
-            "upstream", [sys.executable, str(BENCH / "upstream.py"), "{port}"], workdir
+            "upstream",
+            [sys.executable, str(BENCH / "upstream.py"), "{port}", str(unix_socket(workdir))],
+            workdir,
         )
         servers.append(upstream)
         upstream.wait_ready(0)
@@ -733,6 +769,10 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
 
         bare = gunicorn("bare WSGI app", "upstream:app")
         ory = gunicorn("ory_wsgi", ory_spec(upstream.url, kratos.url, cache=True))
+        # The same proxy and upstream process, the upstream reached over its Unix socket.
+        ory_unix = gunicorn(
+            "ory_wsgi unix", ory_spec(f"unix:{unix_socket(workdir)}", kratos.url, cache=True)
+        )
         ory_uncached = gunicorn("ory_wsgi cache off", ory_spec(upstream.url, kratos.url, False))
         werkzeug = gunicorn(WERKZEUG, "werkzeug_proxy:app")
         extras = []
@@ -746,7 +786,7 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
         if with_nginx:
             nginx = nginx_server(upstream.url, workdir, args.workers)
             servers.append(nginx)
-        for server in [bare, ory, ory_uncached, werkzeug, *(s for _, s in extras)]:
+        for server in [bare, ory, ory_unix, ory_uncached, werkzeug, *(s for _, s in extras)]:
             server.wait_ready(args.workers)
         if nginx is not None:
             nginx.wait_ready(0)
@@ -762,6 +802,7 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
             targets.append(Target("nginx reverse proxy", nginx, [upstream]))
         targets += [
             Target("ory_wsgi, anonymous", ory, [upstream, kratos]),
+            Target(UNIX_TARGET, ory_unix, [upstream, kratos]),
             Target(WERKZEUG, werkzeug, [upstream]),
             Target("ory_wsgi, logged in, cached", ory, [upstream, kratos], logged_in),
             Target("ory_wsgi, logged in, cache off", ory_uncached, [upstream, kratos], logged_in),
@@ -806,6 +847,7 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
                     flush=True,
                 )
         report(targets, out)
+        unix_report(targets, out)
         single_flight_check(ory, kratos, args.workers, out)
     finally:
         for server in reversed(servers):

@@ -1,6 +1,7 @@
 """The application the proxies forward to in the benchmark: one short fixed answer.
 
-    python bench/upstream.py PORT       # asyncio responder, ~10 us of CPU a request
+    python bench/upstream.py PORT [UNIX_PATH]  # asyncio responder, ~10 us of CPU a request,
+                                               # on a Unix socket too when given one
     gunicorn upstream:app               # the same answer as a WSGI app, plus the
                                         # routes of --memory and soak.py (below)
 
@@ -129,11 +130,14 @@ class FixedAnswer(asyncio.Protocol):
             self.transport.write(KEEP_ALIVE_ANSWER)
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, unix_path: str | None = None) -> None:
+    """Answer on 127.0.0.1:`port`, and on the Unix socket `unix_path` too when given."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(FixedAnswer, "127.0.0.1", port, reuse_port=True, backlog=1024)
+    if unix_path:
+        await loop.create_unix_server(FixedAnswer, unix_path, backlog=1024)
     await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

@@ -15,6 +15,7 @@ from ory_wsgi.logs import configure_logging
 from ory_wsgi.metrics import METRICS_PATH, Metrics
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
+from ory_wsgi.transport import Transport, parse_upstream
 from ory_wsgi.websocket import WebSocketSplice, websocket_origins
 from ory_wsgi.wrappers.access_log import AccessLog
 from ory_wsgi.wrappers.cors import Cors
@@ -59,21 +60,21 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         )
     configure_logging(settings.log.format, settings.log.level)
     public = public_url(settings)
+    # One transport (address, TLS context) for the app's requests and its WebSockets.
+    transport = Transport(
+        parse_upstream(proxy.upstream, proxy.upstream_tls),
+        connect_timeout=proxy.connect_timeout,
+        read_timeout=proxy.read_timeout,
+    )
     forwarder = Forwarder(
-        proxy.upstream,
+        transport,
         public,
         rewrite_host=proxy.rewrite_host,
         trusted_proxies=proxy.trusted_proxies,
         max_body_size=proxy.max_body_size,
-        connect_timeout=proxy.connect_timeout,
-        read_timeout=proxy.read_timeout,
     )
     app: WSGIApplication = WebSocketSplice(
-        forwarder,
-        proxy.upstream,
-        connect_timeout=proxy.connect_timeout,
-        read_timeout=proxy.read_timeout,
-        origins=websocket_origins(settings.cors.allowed_origins, public),
+        forwarder, origins=websocket_origins(settings.cors.allowed_origins, public)
     )
     routes: dict[str, Handler] = {}
     ory_forwarder: OryForwarder | None = None

@@ -1,6 +1,7 @@
 """The forwarder: a WSGI app that streams each request to one upstream.
 
     app = Forwarder("http://127.0.0.1:3000", public_url="https://app.example.com")
+    app = Forwarder(Transport(parse_upstream("unix:/run/app.sock")), "https://app.example.com")
 
 Connections are pooled (keep-alive, thread-safe, one pool per process) and
 bodies stream both ways: request bodies are read from `wsgi.input` as the
@@ -22,6 +23,7 @@ from urllib.parse import quote, urlsplit
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
+from ory_wsgi.transport import Transport
 from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
@@ -61,12 +63,15 @@ class Forwarder:
     """Forward every request to `upstream`, streaming, over pooled connections.
 
     `environ["ory.target"]` (the checked path and query), when set, is sent
-    instead of the request target the client sent.
+    instead of the request target the client sent. `upstream` is a
+    `Transport` (TLS settings, Unix sockets, its own timeouts) or an http(s)
+    URL reached with the default TLS settings and `connect_timeout` /
+    `read_timeout`.
     """
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | Transport,
         public_url: str,
         *,
         rewrite_host: bool = False,
@@ -76,28 +81,21 @@ class Forwarder:
         max_body_size: int = 0,
         pool_size: int = 64,
     ) -> None:
-        parts = urlsplit(upstream)
-        if not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {upstream!r}")
-        secure = parts.scheme == "https"
-        self.pool = UpstreamPool(
-            upstream,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            maxsize=pool_size,
-        )
-        self.upstream_host = parts.netloc if rewrite_host else None
+        if isinstance(upstream, str):
+            upstream = Transport.for_url(
+                upstream, connect_timeout=connect_timeout, read_timeout=read_timeout
+            )
+        self.transport = upstream
+        target = upstream.target
+        self.pool = UpstreamPool(upstream, maxsize=pool_size)
+        self.upstream_host = target.host_header if rewrite_host else None
         self.trusted = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
-        self.read_timeout = read_timeout
+        self.read_timeout = upstream.read_timeout
         self.public_url = public_url.rstrip("/")
-        default_port = ":443" if secure else ":80"
-        origin = f"{parts.scheme}://{parts.netloc}".lower()
-        self.upstream_origins = tuple(
-            {origin, origin.removesuffix(default_port), f"{origin}{default_port}"}
-            if parts.port in (None, 80, 443)
-            else {origin}
-        )
+        # A Unix-socket app knows only the Host it is given: the client's one is
+        # the public URL already, and `localhost` (rewrite_host) is rewritten.
+        self.upstream_origins = () if target.is_unix and not rewrite_host else target.origins
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         method = environ["REQUEST_METHOD"]

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.rules.loader import RuleError, parse_document, parse_repository
 from ory_wsgi.rules.model import STRATEGIES, AccessRule
+from ory_wsgi.transport import TLS_KEYS, TLSOptions, parse_upstream, ssl_context
 
 DURATION = {"duration": True}
 
@@ -36,6 +37,20 @@ class ProxySettings:
     read_timeout: float = field(default=120.0, metadata=DURATION)
     max_body_size: int = 0
     state_dir: str = ".ory-wsgi"
+    upstream_ca_file: str = ""
+    upstream_client_cert: str = ""
+    upstream_client_key: str = ""
+    upstream_server_name: str = ""
+
+    @property
+    def upstream_tls(self) -> TLSOptions:
+        """The `upstream_*` TLS keys, as the transport takes them."""
+        return TLSOptions(
+            ca_file=self.upstream_ca_file,
+            client_cert=self.upstream_client_cert,
+            client_key=self.upstream_client_key,
+            server_name=self.upstream_server_name,
+        )
 
 
 @dataclass(frozen=True)
@@ -467,7 +482,10 @@ def _validate(settings: Settings, merged: Layer) -> None:
 
     proxy = settings.proxy
     if proxy.upstream:
-        _check_origin(proxy.upstream, where("proxy", "upstream"))
+        _check_upstream(proxy.upstream, proxy.upstream_tls, where)
+    elif proxy.upstream_tls:
+        first = next(key for key in TLS_KEYS if getattr(proxy.upstream_tls, key))
+        raise ConfigError(f"{where('proxy', f'upstream_{first}')}: set [proxy] upstream too")
     if proxy.public_url:
         _check_origin(proxy.public_url, where("proxy", "public_url"))
     if proxy.default_redirect_url:
@@ -499,6 +517,17 @@ def _validate(settings: Settings, merged: Layer) -> None:
         )
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
+
+
+def _check_upstream(value: str, tls: TLSOptions, where: Callable[[str, str], str]) -> None:
+    """`http(s)://host[:port]` or `unix:PATH`, and its TLS files loadable (once, at startup)."""
+    try:
+        target = parse_upstream(value, tls)
+    except ValueError as exc:
+        raise ConfigError(f"{where('proxy', 'upstream')}: {exc}") from None
+    if not target.is_unix:
+        _check_origin(value, where("proxy", "upstream"))
+    ssl_context(target, lambda key: where("proxy", f"upstream_{key}"))
 
 
 def _check_url(value: str, where: str) -> None:

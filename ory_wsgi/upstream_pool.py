@@ -1,10 +1,12 @@
 """Keep-alive connections to one upstream: a bounded, thread-safe pool of http.client connections.
 
     pool = UpstreamPool("http://127.0.0.1:3000", connect_timeout=5, read_timeout=120)
+    pool = UpstreamPool(Transport(parse_upstream("unix:/run/app.sock"), read_timeout=120))
     response = pool.request("GET", "/path", {"Host": "app.example.com"})
 
-A thin layer on `http.client` with no urllib3 on the hot path: http.client
-opens the connections, reads status lines and frames bodies; the request
+A thin layer on `http.client` with no urllib3 on the hot path: `Transport`
+(transport.py) opens the connections (TCP, TLS or a Unix socket),
+http.client reads status lines and frames bodies; the request
 head is written here in one piece and the response headers parsed here
 without email.parser. It invents no header (no Host, Accept-Encoding or
 User-Agent of its own), maps every transport failure to `UpstreamError`
@@ -17,12 +19,11 @@ from __future__ import annotations
 import http.client
 import re
 import select
-import ssl
 import threading
 from typing import Any
-from urllib.parse import urlsplit
 
 from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
+from ory_wsgi.transport import Transport
 
 BLOCKSIZE = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -53,7 +54,10 @@ def _is_dropped(connection: http.client.HTTPConnection) -> bool:
 
 
 class UpstreamPool:
-    """Pooled connections to the upstream at `url`, at most `maxsize` of them kept idle.
+    """Pooled connections to one upstream, at most `maxsize` of them kept idle.
+
+    `upstream` is a `Transport` (how to reach it, TLS settings included) or
+    an http(s) URL, reached with the default TLS settings.
 
     Busy connections are not capped (a burst opens more); the surplus is
     closed when it comes back. Idle connections are reused newest first, so
@@ -62,23 +66,18 @@ class UpstreamPool:
 
     def __init__(
         self,
-        url: str,
+        upstream: str | Transport,
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
         maxsize: int = 64,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
-        self.secure = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.secure else 80)
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        if isinstance(upstream, str):
+            upstream = Transport.for_url(
+                upstream, connect_timeout=connect_timeout, read_timeout=read_timeout
+            )
+        self.transport = upstream
         self.maxsize = maxsize
-        self.ssl_context = (ssl_context or ssl.create_default_context()) if self.secure else None
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self.opened = 0  # connections opened so far, for tests and the soak run
@@ -130,7 +129,7 @@ class UpstreamPool:
                 raise UpstreamTimeout(_reason(exc)) from None
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                raise UpstreamError(_reason(exc)) from None
+                raise UpstreamError(self.transport.explain(_reason(exc), exc)) from None
             except BaseException:
                 # The client's body failed (ClientGone, BodyTooLarge): the request is half sent.
                 connection.close()
@@ -155,30 +154,7 @@ class UpstreamPool:
             connection.close()
 
     def _connect(self) -> http.client.HTTPConnection:
-        connection: http.client.HTTPConnection
-        if self.secure:
-            connection = http.client.HTTPSConnection(
-                self.host,
-                self.port,
-                timeout=self.connect_timeout,
-                context=self.ssl_context,
-                blocksize=BLOCKSIZE,
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=self.connect_timeout, blocksize=BLOCKSIZE
-            )
-        try:
-            connection.connect()
-        except TimeoutError as exc:
-            connection.close()
-            raise UpstreamTimeout(f"connect to {self.host}:{self.port}: {_reason(exc)}") from None
-        except OSError as exc:
-            # Refused, unresolvable, unreachable, TLS refused: nobody to talk to.
-            connection.close()
-            raise UpstreamError(f"connect to {self.host}:{self.port}: {_reason(exc)}") from None
-        assert connection.sock is not None
-        connection.sock.settimeout(self.read_timeout)
+        connection = self.transport.connect()
         self.opened += 1
         return connection
 

@@ -1,8 +1,9 @@
 """WebSockets: an `Upgrade: websocket` request, once the auth layers ran, spliced to the upstream.
 
-    app = WebSocketSplice(forwarder, "http://127.0.0.1:3000")
+    app = WebSocketSplice(forwarder)  # the forwarder's upstream, TLS settings and timeouts
 
-The handshake goes to the upstream on a connection of its own, with the
+The handshake goes to the upstream on a connection of its own (opened by the
+forwarder's `Transport`: TCP, TLS or a Unix socket), with the
 forwarder's header policy (X-Forwarded-*, Host, the JWT as Authorization, no
 client Authorization) plus `Connection: Upgrade` and `Upgrade: websocket`.
 On 101 the answer is written to the client over the server's raw socket
@@ -14,7 +15,9 @@ upgrade goes to the forwarder untouched.
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import http.client
 import logging
 import selectors
@@ -30,6 +33,7 @@ from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
 from ory_wsgi.forwarder import Forwarder, UpstreamCut, request_target
 from ory_wsgi.headers import response_headers, upstream_headers
 from ory_wsgi.readiness import shutting_down
+from ory_wsgi.transport import Transport
 from ory_wsgi.wrappers.cors import OriginPolicy
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
@@ -39,6 +43,9 @@ CHUNK = 64 * 1024
 # How often a quiet splice looks whether the worker is shutting down.
 SHUTDOWN_POLL = 1.0
 NO_BODY_STATUSES = frozenset({204, 304})
+# RFC 6455 §1.3: the accept is base64(SHA-1(key + this GUID)).
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+BAD_HANDSHAKE = "upstream_bad_handshake"
 
 
 class SpliceEnded(ConnectionResetError):
@@ -85,31 +92,32 @@ class WebSocketSplice:
     non-101 answer. `origins`, when set, refuses a handshake whose `Origin`
     it does not allow (403): browsers send cookies on cross-site WebSocket
     handshakes and apply no CORS to them, so without this check any web page
-    could talk to the app as its visitor. `idle_timeout` defaults to
-    `read_timeout`.
+    could talk to the app as its visitor. `upstream` defaults to the
+    forwarder's `Transport` (a URL builds one with default TLS settings and
+    `connect_timeout` / `read_timeout`); `idle_timeout` defaults to its
+    read timeout.
     """
 
     def __init__(
         self,
         forwarder: Forwarder,
-        upstream: str,
+        upstream: str | Transport | None = None,
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
         idle_timeout: float | None = None,
         origins: OriginPolicy | None = None,
     ) -> None:
-        parts = urlsplit(upstream)
-        if not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {upstream!r}")
+        if upstream is None:
+            upstream = forwarder.transport
+        elif isinstance(upstream, str):
+            upstream = Transport.for_url(
+                upstream, connect_timeout=connect_timeout, read_timeout=read_timeout
+            )
         self.forwarder = forwarder
-        self.secure = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.secure else 80)
-        self.tls = ssl.create_default_context() if self.secure else None
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.idle_timeout = read_timeout if idle_timeout is None else idle_timeout
+        self.transport = upstream
+        self.read_timeout = upstream.read_timeout
+        self.idle_timeout = upstream.read_timeout if idle_timeout is None else idle_timeout
         self.origins = origins
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
@@ -127,18 +135,17 @@ class WebSocketSplice:
             return self._no_raw_socket(environ, start_response)
         try:
             target = environ.get("ory.target") or request_target(environ)
-            headers = self._handshake_headers(environ)
+            headers, accept = self._handshake_headers(environ)
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
             return error_answer(environ, start_response, 400, str(exc))
 
         started = time.perf_counter()
-        connection = self._connection()
         try:
+            connection = self.transport.connect()
             response = self._handshake(connection, target, headers)
         except UpstreamError as exc:
-            connection.close()
             log.error("%s: WebSocket %s: %s", exc.code, target.split("?", 1)[0], exc)
             environ["ory.error"] = exc.code
             message = (
@@ -152,10 +159,11 @@ class WebSocketSplice:
         out_headers = response_headers(response.getheaders())
         if response.status != 101:
             return self._pass_on(environ, start_response, connection, response, out_headers)
-        if "websocket" not in _tokens(response.getheader("Upgrade", "")):
+        refused = self._bad_switch(response, accept)
+        if refused:
             connection.close()
-            log.error("upstream_unreachable: the application switched to another protocol")
-            environ["ory.error"] = "upstream_unreachable"
+            log.error("%s: WebSocket %s: %s", BAD_HANDSHAKE, target.split("?", 1)[0], refused)
+            environ["ory.error"] = BAD_HANDSHAKE
             return error_answer(
                 environ, start_response, 502, "The application did not accept the WebSocket."
             )
@@ -176,36 +184,48 @@ class WebSocketSplice:
             self.idle_timeout,
         )
 
-    def _handshake_headers(self, environ: WSGIEnvironment) -> dict[str, str]:
+    def _handshake_headers(self, environ: WSGIEnvironment) -> tuple[dict[str, str], str]:
+        """The headers of the handshake sent upstream, and the Sec-WebSocket-Accept it must get."""
         if environ.get("CONTENT_LENGTH", "0") not in ("", "0") or environ.get(
             "HTTP_TRANSFER_ENCODING"
         ):
             raise BadRequest("a WebSocket handshake has no body")
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+        if not _valid_key(key):
+            raise BadRequest("a WebSocket handshake needs a Sec-WebSocket-Key (16 bytes, base64)")
         forwarder = self.forwarder
         headers = upstream_headers(environ, forwarder.trusted, forwarder.upstream_host)
         forwarder.adjust_request_headers(environ, headers)
+        # The key the accept is checked against is the one sent, whatever the
+        # client's Connection header asked to drop.
+        for name in [name for name in headers if name.lower() == "sec-websocket-key"]:
+            del headers[name]
+        headers["Sec-WebSocket-Key"] = key
         headers["Connection"] = "Upgrade"
         headers["Upgrade"] = "websocket"
-        return headers
+        return headers, accept_for(key)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.tls is not None:
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=self.tls
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+    @staticmethod
+    def _bad_switch(response: http.client.HTTPResponse, accept: str) -> str:
+        """Why a 101 from the upstream is not a WebSocket handshake for our key ("" if it is).
+
+        Checked before a byte is spliced (RFC 6455 §4.1): a 101 for another
+        protocol, or one whose accept was not computed from the key sent, is
+        not the app accepting this WebSocket (a cache or a misrouted
+        connection answering), and the client must not be handed its stream.
+        """
+        if "websocket" not in _tokens(response.getheader("Upgrade", "")):
+            return "the application switched to another protocol"
+        got = response.getheader("Sec-WebSocket-Accept")
+        if got is None:
+            return "the application's 101 has no Sec-WebSocket-Accept"
+        if got.strip() != accept:
+            return f"the application's 101 has a wrong Sec-WebSocket-Accept: {got[:60]!r}"
+        return ""
 
     def _handshake(
         self, connection: http.client.HTTPConnection, target: str, headers: dict[str, str]
     ) -> http.client.HTTPResponse:
-        try:
-            connection.connect()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connect: {exc}") from None
-        except OSError as exc:
-            raise UpstreamError(str(exc)[:200]) from None
-        assert connection.sock is not None
-        connection.sock.settimeout(self.read_timeout)
         try:
             connection.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
             for name, value in headers.items():
@@ -213,8 +233,10 @@ class WebSocketSplice:
             connection.endheaders()
             return connection.getresponse()
         except TimeoutError as exc:
+            connection.close()
             raise UpstreamTimeout(f"read: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
+            connection.close()
             raise UpstreamError(str(exc)[:200] or type(exc).__name__) from None
 
     def _pass_on(
@@ -375,6 +397,23 @@ class RefusalBody:
     def close(self) -> None:
         self.response.close()
         self.connection.close()
+
+
+def accept_for(key: str) -> str:
+    """The Sec-WebSocket-Accept that answers `key`."""
+    # SHA-1 is what the protocol fixes; nothing here relies on it resisting collisions.
+    digest = hashlib.sha1(key.encode("ascii") + WEBSOCKET_GUID, usedforsecurity=False).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _valid_key(key: str) -> bool:
+    """16 bytes in base64 (RFC 6455 §4.1): what every client sends, and nothing else."""
+    if len(key) != 24 or not key.isascii():
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
 
 
 def _tokens(value: str) -> set[str]:

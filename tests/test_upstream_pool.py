@@ -405,3 +405,25 @@ def test_chunked_answer_is_decoded_and_its_connection_reused(
     response.release()
     assert fetch(pool) == b"abcde"
     assert server.connections == 1
+
+
+def test_http_client_writes_and_reads_on_the_socket_the_transport_puts_in_it(
+    upstream_gunicorn: Gunicorn,
+) -> None:
+    # Transport.connect sets HTTPConnection.sock itself, as http.client's own connect()
+    # does; the attribute is not documented API, so pin what the pool and the
+    # WebSocket splice rely on: it is used as given (no second connection) and closed.
+    from ory_wsgi.transport import Transport
+
+    connection = Transport.for_url(upstream_gunicorn.url).connect()
+    sock = connection.sock
+    assert sock is not None
+    connection.putrequest("GET", "/echo/pinned", skip_host=True, skip_accept_encoding=True)
+    connection.putheader("Host", "pinned.example")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 200
+    assert json.loads(response.read())["headers"]["Host"] == "pinned.example"
+    assert connection.sock is sock
+    connection.close()
+    assert sock.fileno() == -1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import socket
 import ssl
@@ -17,21 +15,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import TestCA
 from joserfc import jwt
 from ory_flows import PASSWORD, jwks
 from servers import Gunicorn, ThreadedServer, free_port, log_records
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.http11 import Request
 from websockets.sync.client import ClientConnection, connect
-from websockets.sync.server import ServerConnection, serve
+from ws_echo import EchoApp
 
 from ory_wsgi import make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
+from ory_wsgi.websocket import accept_for
 
 HANDSHAKE = {
     "Connection": "Upgrade",
@@ -41,46 +36,11 @@ HANDSHAKE = {
 }
 
 
-class EchoApp:
-    """A WebSocket app: records every handshake, echoes messages, closes on "bye".
-
-    `/refuse...` is answered 403 instead of 101; `/greet...` sends "hello" first;
-    "drop" makes it drop the connection without a close frame.
-    """
-
-    def __init__(self) -> None:
-        self.handshakes: list[Request] = []
-        self.server = serve(self.handle, "127.0.0.1", 0, process_request=self.check)
-        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def check(self, connection: ServerConnection, request: Request) -> Any:
-        self.handshakes.append(request)
-        if request.path.startswith("/refuse"):
-            return connection.respond(403, "the app says no\n")
-        return None
-
-    def handle(self, connection: ServerConnection) -> None:
-        assert connection.request is not None
-        if connection.request.path.startswith("/greet"):
-            connection.send("hello")
-        for message in connection:
-            if message == "bye":
-                return
-            if message == "drop":  # gone without a close frame, as a crashed app would be
-                connection.socket.shutdown(socket.SHUT_RDWR)
-                return
-            connection.send(message)
-
-    def seen(self, path: str) -> list[Request]:
-        return [request for request in self.handshakes if request.path == path]
-
-
 @pytest.fixture(scope="module")
 def echo() -> Iterator[EchoApp]:
     app = EchoApp()
     yield app
-    app.server.shutdown()
+    app.stop()
 
 
 def proxy_config(directory: Path, echo: EchoApp, ory: str, port: int, extra: str = "") -> Path:
@@ -364,45 +324,15 @@ def test_sigterm_closes_open_websockets_without_waiting_for_the_graceful_timeout
         server.stop()
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_a_tls_server_splices_large_messages(
     echo: EchoApp, fake_ory_server: FakeKratosServer, tmp_path: Path
 ) -> None:
-    cert, key = self_signed_certificate(tmp_path)
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("proxy", "127.0.0.1")
     server = start_gunicorn(
         tmp_path, echo, fake_ory_server.kratos.url, "--certfile", str(cert), "--keyfile", str(key)
     )
-    client_tls = ssl.create_default_context(cafile=str(cert))
+    client_tls = ssl.create_default_context(cafile=str(ca.cert))
     big = bytes(range(256)) * 1000  # several TLS records each way
     try:
         url = f"wss://127.0.0.1:{server.port}{unique()}"
@@ -460,3 +390,178 @@ def test_a_server_without_a_raw_socket_answers_501(
     assert response.status_code == 501
     assert "does not give applications its client socket" in response.json()["error"]["message"]
     assert echo.seen(path) == []
+
+
+def test_the_accept_is_computed_as_rfc_6455_shows() -> None:
+    assert accept_for("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+class FakeSwitch:
+    """A raw upstream answering each handshake with a 101, then a frame of its own.
+
+    The request path picks the Sec-WebSocket-Accept lines of the 101 (see
+    ACCEPTS); `connections` counts the handshakes that reached it.
+    """
+
+    FRAME = b"\x81\x06leaked"
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(client,), daemon=True).start()
+
+    def _answer(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = client.recv(4096)
+                if not data:
+                    return
+                head += data
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            key = next(v for k, v in fields.items() if k.lower() == "sec-websocket-key")
+            accept = "".join(f"{line}\r\n" for line in ACCEPTS[path](key))
+            client.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n" + accept.encode() + b"\r\n" + self.FRAME
+            )
+            time.sleep(2)
+
+    def stop(self) -> None:
+        self.listener.close()
+
+
+OTHER_KEY = "AQIDBAUGBwgJCgsMDQ4PEA=="
+ACCEPTS: dict[str, Callable[[str], list[str]]] = {
+    "/right": lambda key: [f"Sec-WebSocket-Accept: {accept_for(key)}"],
+    "/missing": lambda key: [],
+    "/for-another-key": lambda key: [f"Sec-WebSocket-Accept: {accept_for(OTHER_KEY)}"],
+    "/the-key-itself": lambda key: [f"Sec-WebSocket-Accept: {key}"],
+    "/empty": lambda key: ["Sec-WebSocket-Accept: "],
+    "/right-and-wrong": lambda key: [
+        f"Sec-WebSocket-Accept: {accept_for(key)}",
+        f"Sec-WebSocket-Accept: {accept_for(OTHER_KEY)}",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def switch() -> Iterator[FakeSwitch]:
+    server = FakeSwitch()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def switch_proxy(
+    switch: FakeSwitch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    directory = tmp_path_factory.mktemp("switch")
+    config = directory / "ory.toml"
+    config.write_text(f'[proxy]\nupstream = "{switch.url}"\nread_timeout = "5s"\n')
+    server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=directory)
+    yield server
+    server.stop()
+
+
+def raw_handshake(
+    server: Gunicorn,
+    path: str,
+    key: str | None = HANDSHAKE["Sec-WebSocket-Key"],
+    connection: str = "Upgrade",
+) -> bytes:
+    """What the proxy writes back to a handshake: until half a second passes without a byte."""
+    headers = {**HANDSHAKE, "Host": f"127.0.0.1:{server.port}", "Connection": connection}
+    if key is None:
+        del headers["Sec-WebSocket-Key"]
+    else:
+        headers["Sec-WebSocket-Key"] = key
+    request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(request.encode() + b"\r\n")
+        received = b""
+        deadline = time.monotonic() + 15  # a worker still booting on a busy machine
+        sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                if received:
+                    break
+                continue
+            if not data:
+                break
+            received += data
+    return received
+
+
+def test_an_upgrade_accepted_with_the_right_key_is_spliced(
+    switch_proxy: Gunicorn, switch: FakeSwitch
+) -> None:
+    answer = raw_handshake(switch_proxy, "/right")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert answer.endswith(FakeSwitch.FRAME)
+
+
+@pytest.mark.parametrize(
+    "path", ["/missing", "/for-another-key", "/the-key-itself", "/empty", "/right-and-wrong"]
+)
+def test_a_101_without_the_right_accept_is_a_502_and_nothing_is_spliced(
+    switch_proxy: Gunicorn, path: str
+) -> None:
+    answer = raw_handshake(switch_proxy, path)
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"leaked" not in answer
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [
+            line
+            for line in switch_proxy.log().splitlines()
+            if f"upstream_bad_handshake: WebSocket {path}:" in line
+        ]
+        if lines:
+            break
+        time.sleep(0.05)
+    (line,) = lines
+    assert "Sec-WebSocket-Accept" in line
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        None,
+        "",
+        "abc",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZQ==, AQIDBAUGBwgJCgsMDQ4PEA==",
+    ],
+)
+def test_a_handshake_without_a_valid_key_is_400_and_never_reaches_the_app(
+    switch_proxy: Gunicorn, switch: FakeSwitch, key: str | None
+) -> None:
+    before = switch.connections
+    answer = raw_handshake(switch_proxy, "/right", key=key)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"Sec-WebSocket-Key" in answer
+    assert switch.connections == before
+
+
+def test_a_client_cannot_drop_the_key_the_accept_is_checked_against(
+    switch_proxy: Gunicorn,
+) -> None:
+    # Naming the key in Connection would drop it as hop-by-hop; the key sent is ours to keep.
+    answer = raw_handshake(switch_proxy, "/right", connection="Upgrade, Sec-WebSocket-Key")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert f"Sec-WebSocket-Accept: {accept_for(HANDSHAKE['Sec-WebSocket-Key'])}".encode() in answer
