@@ -5,12 +5,13 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ory_wsgi.testing.documents import Document
+from ory_wsgi.testing.documents import Document, Mail, rfc3339
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}"
     "label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;box-sizing:border-box}"
-    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}pre{overflow:auto}"
+    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}.success{color:#1b5e20}"
+    "pre{overflow:auto;white-space:pre-wrap}form+form{margin-top:2rem;border-top:1px solid #ddd}"
 )
 
 
@@ -33,6 +34,9 @@ def _messages(messages: list[Document]) -> str:
 
 def _node(node: Document) -> str:
     attributes: dict[str, Any] = node["attributes"]
+    if node.get("type") == "a":
+        title = attributes.get("title", {}).get("text", "")
+        return f'<p><a href="{escape(str(attributes["href"]))}">{escape(str(title))}</a></p>\n'
     name, input_type = attributes["name"], attributes["type"]
     label = node.get("meta", {}).get("label", {}).get("text", name)
     value = attributes.get("value")
@@ -56,12 +60,27 @@ def _node(node: Document) -> str:
 
 
 def flow_page(title: str, flow: Document, links: list[tuple[str, str]]) -> str:
-    """A login or registration form that posts to the flow's ui.action."""
+    """A flow's forms, posting to its ui.action: one form per method group (settings has two,
+    profile and password, each with the shared `default` nodes such as the CSRF token)."""
     ui = flow["ui"]
-    fields = "".join(_node(node) for node in ui["nodes"])
-    form = (
-        f'<form method="{escape(ui["method"])}" action="{escape(ui["action"])}">\n{fields}</form>\n'
-    )
+    nodes: list[Document] = ui["nodes"]
+    shared = [node for node in nodes if node["group"] == "default"]
+    groups: dict[str, list[Document]] = {}
+    for node in nodes:
+        if node["group"] != "default":
+            groups.setdefault(node["group"], []).append(node)
+    separate = len(groups) > 1
+    form = ""
+    for members in groups.values() if separate else [nodes]:
+        inputs = [node for node in members if node.get("type") == "input"]
+        fields = "".join(_node(node) for node in (shared + members if separate else members))
+        if not inputs:
+            form += fields
+            continue
+        form += (
+            f'<form method="{escape(ui["method"])}" action="{escape(ui["action"])}">\n'
+            f"{fields}</form>\n"
+        )
     footer = "".join(
         f'<p><a href="{escape(href)}">{escape(text)}</a></p>\n' for text, href in links
     )
@@ -96,5 +115,15 @@ def error_page(error: Document | None, home: str) -> str:
     return _page("Error", body + f'<p><a href="{escape(home)}">Back</a></p>\n')
 
 
-def notice_page(title: str, text: str, home: str) -> str:
-    return _page(title, f'<p>{escape(text)}</p>\n<p><a href="{escape(home)}">Back</a></p>\n')
+def mail_page(mails: list[Mail], home: str) -> str:
+    """The local mailbox: what the stand-in would have sent, newest first (never really sent)."""
+    if not mails:
+        body = "<p>No mail yet. Recovery and verification codes appear here.</p>\n"
+    else:
+        body = "".join(
+            f'<article data-to="{escape(mail.to)}"><h2>{escape(mail.subject)}</h2>'
+            f"<p>To {escape(mail.to)}, {escape(rfc3339(mail.sent_at))}</p>"
+            f"<p>{escape(mail.body)}</p><p>Code: <code>{escape(mail.code)}</code></p></article>\n"
+            for mail in mails
+        )
+    return _page("Local mailbox", body + f'<p><a href="{escape(home)}">Back</a></p>\n')

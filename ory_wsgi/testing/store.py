@@ -23,6 +23,7 @@ from ory_wsgi.testing.documents import (
     FlowRecord,
     IdentityRecord,
     KratosError,
+    Mail,
     SessionRecord,
     StoredError,
     go_cookie,
@@ -144,6 +145,7 @@ class KratosStore:
             self._flows: dict[str, FlowRecord] = {}
             self._logout_tokens: dict[str, str] = {}
             self._errors: dict[str, StoredError] = {}
+            self._outbox: list[Mail] = []
             self._fault: Fault | None = None
             self._whoami_total = 0
             self._whoami_by_kind: Counter[str] = Counter()
@@ -267,6 +269,22 @@ class KratosStore:
     def cookies(self, token: str) -> dict[str, str]:
         """The session cookie of `token` as a mapping, e.g. for requests' `cookies=`."""
         return {self.cookie_name: session_cookie_value(token)}
+
+    # ----- the "mail" it sends (recovery and verification codes) -----
+
+    @property
+    def outbox(self) -> list[Mail]:
+        """Every message sent, oldest first; also shown on the stand-in's /ui/mail page."""
+        with self._lock:
+            return list(self._outbox)
+
+    def last_code(self, email: str) -> str:
+        """The code in the newest message to `email` (KeyError when none was sent)."""
+        with self._lock:
+            for mail in reversed(self._outbox):
+                if mail.to.lower() == email.strip().lower():
+                    return mail.code
+        raise KeyError(f"no mail sent to {email!r}")
 
     # ----- internals -----
 
