@@ -84,6 +84,12 @@ class DecisionsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = False
+    path: str = "/.ory/proxy/metrics"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "json"
     level: str = "info"
@@ -110,6 +116,7 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     decisions: DecisionsSettings = field(default_factory=DecisionsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     protect: tuple[Rule, ...] = ()
     public: tuple[Rule, ...] = ()
 
@@ -445,6 +452,17 @@ def _validate(settings: Settings, merged: Layer) -> None:
         raise ConfigError(f"{where('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
+    metrics_path = settings.metrics.path
+    if (
+        not metrics_path.startswith("/")
+        or any(c in metrics_path for c in "?#%\\")
+        or any(ord(c) < 0x21 for c in metrics_path)
+        or (metrics_path.startswith("/.ory/") and not metrics_path.startswith("/.ory/proxy/"))
+    ):
+        raise ConfigError(
+            f"{where('metrics', 'path')}: must be a plain path starting with /, outside"
+            f" Ory's /.ory/ (under /.ory/proxy/ is fine), got {metrics_path!r}"
+        )
 
 
 def _check_url(value: str, where: str) -> None:
