@@ -51,6 +51,8 @@ class FakeKratos(WhoamiEndpoint, AccountFlows, UiPages):
     Tests control it through methods (add_identity, create_session, expire_session,
     deactivate_identity, require_aal2), read `whoami_calls` and `request_log`, and inject faults
     into whoami (fail_whoami, fail_next, garble_whoami, drop_whoami, `whoami_delay`).
+    `login_hint` is a line shown above the login form (the demo names its account there);
+    with a `default_return_url`, every flow page links back to it ("Back to the app").
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class FakeKratos(WhoamiEndpoint, AccountFlows, UiPages):
         default_return_url: str | None = None,
         session_lifespan: float = 86400.0,
         rewrite_token: str | None = None,
+        login_hint: str = "",
     ) -> None:
         super().__init__(
             base_url,
@@ -72,6 +75,7 @@ class FakeKratos(WhoamiEndpoint, AccountFlows, UiPages):
             default_return_url=default_return_url,
             session_lifespan=session_lifespan,
             rewrite_token=rewrite_token,
+            login_hint=login_hint,
         )
         rules = [
             Rule("/sessions/whoami", endpoint="whoami", methods=["GET"]),

@@ -8,10 +8,20 @@ from typing import Any
 from ory_wsgi.testing.documents import Document, Mail, rfc3339
 
 _STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}"
-    "label{display:block;margin:.8rem 0 .2rem}input{width:100%;padding:.4rem;box-sizing:border-box}"
-    "button{margin-top:1rem;padding:.5rem 1rem}.error{color:#b00020}.success{color:#1b5e20}"
-    "pre{overflow:auto;white-space:pre-wrap}form+form{margin-top:2rem;border-top:1px solid #ddd}"
+    "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;background:#f5f6f8;"
+    "color:#1d2330;margin:0;padding:3rem 1rem;line-height:1.45}"
+    "main{max-width:26rem;margin:0 auto;background:#fff;border:1px solid #e1e4ea;"
+    "border-radius:10px;padding:1.5rem 2rem;box-shadow:0 1px 3px rgba(0,0,0,.06)}"
+    "h1{font-size:1.4rem;margin:0 0 1rem}h2{font-size:1.1rem}"
+    "label{display:block;margin:.9rem 0 .3rem;font-weight:600;font-size:.9rem}"
+    "input{width:100%;padding:.55rem .6rem;box-sizing:border-box;border:1px solid #c6cbd4;"
+    "border-radius:6px;font:inherit}"
+    "button{margin-top:1.2rem;padding:.6rem 1.2rem;border:0;border-radius:6px;"
+    "background:#3b5bdb;color:#fff;font:inherit;font-weight:600;cursor:pointer;width:100%}"
+    "a{color:#3b5bdb}.hint{background:#eef2ff;border:1px solid #c7d2fe;border-radius:6px;"
+    "padding:.6rem .8rem;font-size:.92rem}.error{color:#b00020}.success{color:#1b5e20}"
+    "pre{overflow:auto;white-space:pre-wrap}"
+    "form+form{margin-top:1.5rem;padding-top:.5rem;border-top:1px solid #e1e4ea}"
 )
 
 
@@ -20,7 +30,8 @@ def _page(title: str, body: str) -> str:
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title>"
         '<meta name=viewport content="width=device-width, initial-scale=1">'
-        f"<style>{_STYLE}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n{body}\n</body></html>\n"
+        f"<style>{_STYLE}</style></head>\n<body><main>\n<h1>{escape(title)}</h1>\n{body}\n"
+        "</main></body></html>\n"
     )
 
 
@@ -59,7 +70,7 @@ def _node(node: Document) -> str:
     return f'<label for="{field_id}">{escape(label)}</label>{field}\n' + _messages(node["messages"])
 
 
-def flow_page(title: str, flow: Document, links: list[tuple[str, str]]) -> str:
+def flow_page(title: str, flow: Document, links: list[tuple[str, str]], *, hint: str = "") -> str:
     """A flow's forms, posting to its ui.action: one form per method group (settings has two,
     profile and password, each with the shared `default` nodes such as the CSRF token)."""
     ui = flow["ui"]
@@ -84,7 +95,8 @@ def flow_page(title: str, flow: Document, links: list[tuple[str, str]]) -> str:
     footer = "".join(
         f'<p><a href="{escape(href)}">{escape(text)}</a></p>\n' for text, href in links
     )
-    return _page(title, _messages(ui.get("messages", [])) + form + footer)
+    intro = f"<p class=hint>{escape(hint)}</p>\n" if hint else ""
+    return _page(title, intro + _messages(ui.get("messages", [])) + form + footer)
 
 
 def welcome_page(session: Document | None, links: list[tuple[str, str]]) -> str:

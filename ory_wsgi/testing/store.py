@@ -93,6 +93,7 @@ class Settings:
     default_return_url: str | None
     session_lifespan: float
     rewrite_token: str | None
+    login_hint: str
 
 
 class KratosStore:
@@ -111,6 +112,7 @@ class KratosStore:
         default_return_url: str | None = None,
         session_lifespan: float = 86400.0,
         rewrite_token: str | None = None,
+        login_hint: str = "",
     ) -> None:
         self._initial = Settings(
             base_url=base_url.rstrip("/") if base_url else None,
@@ -120,6 +122,7 @@ class KratosStore:
             default_return_url=default_return_url,
             session_lifespan=session_lifespan,
             rewrite_token=rewrite_token,
+            login_hint=login_hint,
         )
         self._lock = threading.RLock()
         self.reset()
@@ -137,6 +140,7 @@ class KratosStore:
             self.default_return_url = settings.default_return_url
             self.session_lifespan = settings.session_lifespan
             self.rewrite_token = settings.rewrite_token
+            self.login_hint = settings.login_hint
             self.whoami_delay = 0.0
             self._identities: dict[str, IdentityRecord] = {}
             self._identity_by_email: dict[str, str] = {}

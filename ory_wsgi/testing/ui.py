@@ -60,7 +60,10 @@ class UiPages(KratosStore):
             links.append(("Open the local mailbox", f"{call.base}/ui/mail"))
         if kind == "settings":
             links = [("Done", return_to or self._default_return_url(call.base))]
-        return html_response(pages.flow_page(title, document, links))
+        elif self.default_return_url:
+            links.append(("Back to the app", self.default_return_url))
+        hint = self.login_hint if kind == "login" and title != "Second factor" else ""
+        return html_response(pages.flow_page(title, document, links, hint=hint))
 
     def _ui_welcome(self, call: Call) -> Response:
         _, token = self._credential(call.request)
