@@ -209,6 +209,9 @@ class SampleApp:
                 value = str(environ[key])
                 if key == "HTTP_AUTHORIZATION":
                     value = value[:48] + "…"
+                elif key == "HTTP_COOKIE":  # names only: the values are credentials
+                    names = (part.split("=", 1)[0].strip() for part in value.split(";"))
+                    value = ", ".join(names) + " (values hidden)"
                 headers.append((key[5:].replace("_", "-").title(), value))
         received = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in headers)
         claims = json.dumps(visitor.claims, indent=2, ensure_ascii=False)
@@ -273,7 +276,7 @@ class Demo:
             0,
             allowed_return_urls=[self.public_url],
             default_return_url=self.public_url + "/",
-            login_hint=f"Demo account: {DEMO_EMAIL}, password {DEMO_PASSWORD}",
+            login_hint=f"Demo account: {DEMO_EMAIL} / {DEMO_PASSWORD}",
         )
         self.ory.kratos.add_identity(DEMO_EMAIL, DEMO_PASSWORD)
         sample = SampleApp(f"http://{host}:{port}/.ory/jwks.json")

@@ -10,7 +10,7 @@ from ory_wsgi.testing.documents import Document, Mail, rfc3339
 _STYLE = (
     "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;background:#f5f6f8;"
     "color:#1d2330;margin:0;padding:3rem 1rem;line-height:1.45}"
-    "main{max-width:26rem;margin:0 auto;background:#fff;border:1px solid #e1e4ea;"
+    "main{max-width:28rem;margin:0 auto;background:#fff;border:1px solid #e1e4ea;"
     "border-radius:10px;padding:1.5rem 2rem;box-shadow:0 1px 3px rgba(0,0,0,.06)}"
     "h1{font-size:1.4rem;margin:0 0 1rem}h2{font-size:1.1rem}"
     "label{display:block;margin:.9rem 0 .3rem;font-weight:600;font-size:.9rem}"
