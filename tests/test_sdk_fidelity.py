@@ -294,6 +294,31 @@ def test_settings_change_a_trait_and_the_password(ory: Ory, fake_ory: FakeKratos
     ory.refused(401, "ErrorGeneric", "create_native_settings_flow")
 
 
+def test_settings_need_a_recent_sign_in_for_the_password(ory: Ory, fake_ory: FakeKratos) -> None:
+    sdk = ory.sdk
+    fake_ory.add_identity("ada@example.com", PASSWORD, traits={"name": "Ada"})
+    token = native_login(ory, "ada@example.com", PASSWORD).session_token
+    fake_ory.age_session(token, 16 * 60)
+    flow = ory.call("create_native_settings_flow", "SettingsFlow", x_session_token=token)
+    new = sdk.UpdateSettingsFlowBody(
+        sdk.UpdateSettingsFlowWithPasswordMethod(method="password", password="a new passphrase")
+    )
+    refused = ory.refused(
+        403, "ErrorGeneric", "update_settings_flow", str(flow.id), new, x_session_token=token
+    )
+    assert refused.error.id == "session_refresh_required"
+    assert "refresh=true" in refused.redirect_browser_to
+    name = sdk.UpdateSettingsFlowBody(
+        sdk.UpdateSettingsFlowWithProfileMethod(
+            method="profile", traits={"email": "ada@example.com", "name": "Countess"}
+        )
+    )
+    saved = ory.call(
+        "update_settings_flow", "SettingsFlow", str(flow.id), name, x_session_token=token
+    )
+    assert saved.identity.traits["name"] == "Countess"
+
+
 def test_recovery_and_verification_with_mailed_codes(ory: Ory, fake_ory: FakeKratos) -> None:
     sdk = ory.sdk
     fake_ory.add_identity("ada@example.com", PASSWORD)

@@ -15,6 +15,7 @@ import requests
 from servers import ROOT, free_port, wait_for_port
 
 from ory_wsgi.testing import FakeKratos, serve
+from ory_wsgi.testing.store import token_from_cookie
 
 PASSWORD = "correct horse battery"
 UNAUTHORIZED_BODY = (
@@ -856,3 +857,37 @@ def test_revoking_one_of_my_sessions(fake_ory: FakeKratos, ada: dict[str, Any]) 
     current = fake_ory.session(mine)["id"]
     assert requests.delete(f"{url}/{current}", headers=headers, timeout=10).status_code == 400
     assert requests.get(url, timeout=10).status_code == 401
+
+
+def test_a_code_is_used_up_after_five_wrong_guesses(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    form = start_browser_flow(browser, fake_ory, "recovery")
+    page = browser.get(submit(browser, form, email="ada@example.com").headers["Location"])
+    code_form = parse_form(page.text)
+    right = fake_ory.last_code("ada@example.com")
+    for guess in range(5):
+        submit(browser, code_form, code=f"{(int(right) + 1 + guess) % 10**6:06d}")
+    refused = submit(browser, code_form, code=right)
+    assert "invalid or has already been used" in browser.get(refused.headers["Location"]).text
+    assert whoami(fake_ory, cookies=browser.cookies).status_code == 401
+
+
+def test_browser_password_change_after_an_old_sign_in_asks_to_log_in_again(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    log_in(browser, fake_ory, "ada@example.com")
+    form = start_browser_flow(browser, fake_ory, "settings")
+    token = token_from_cookie(browser.cookies["ory_kratos_session"])
+    assert token is not None
+    fake_ory.age_session(token, 3600)
+    data = {**form.fields, "password": "a new passphrase", "method": "password"}
+    answer = browser.post(form.action, data=data, allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+    assert answer.headers["Location"].startswith(
+        f"{fake_ory.url}/self-service/login/browser?refresh=true&return_to="
+    )
+    assert fake_ory.identity(ada["id"])["traits"]["email"] == "ada@example.com"
+    assert log_in(requests.Session(), fake_ory, "ada@example.com").status_code == 303

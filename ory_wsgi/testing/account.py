@@ -12,6 +12,8 @@ from __future__ import annotations
 import hmac
 import secrets
 import uuid
+from datetime import timedelta
+from urllib.parse import urlencode
 
 from werkzeug.wrappers import Response
 
@@ -34,6 +36,11 @@ from ory_wsgi.testing.responses import (
     session_inactive,
     whoami_unauthorized,
 )
+
+# Kratos' privileged_session_max_age default: a password or identifier change needs a sign-in
+# this recent. A wrong recovery or verification code this many times uses the code up.
+PRIVILEGED_SESSION = timedelta(minutes=15)
+MAX_CODE_ATTEMPTS = 5
 
 _SAVED = {"id": 1050001, "text": "Your changes have been saved!", "type": "success"}
 _RECOVERED = {
@@ -91,8 +98,8 @@ class AccountFlows(FlowEndpoints):
             self._owner_session(call, flow)
         return json_response(self._flow_json(flow, call.base))
 
-    def _owner_session(self, call: Call, flow: FlowRecord) -> IdentityRecord:
-        """The identity of a settings flow, if the request's session is that identity's."""
+    def _owner_session(self, call: Call, flow: FlowRecord) -> tuple[SessionRecord, IdentityRecord]:
+        """The session and identity of a settings flow, if the request's session is its own."""
         _, token = self._credential(call.request)
         with self._lock:
             found = self._active_session(token)
@@ -104,15 +111,21 @@ class AccountFlows(FlowEndpoints):
                 error_id="security_identity_mismatch",
                 reason="The request was initiated by another identity.",
             )
-        return found[1]
+        return found
 
     def _submit_settings(self, call: Call) -> Response:
         flow = self._flow(call.request.args.get("flow", ""), "settings")
         form = self._submitted_fields(call.request)
         self._check_csrf(call, flow, form)
-        identity = self._owner_session(call, flow)
+        session, identity = self._owner_session(call, flow)
+        method = form.get("method", "")
+        new_email = form.get("traits.email", identity.email).strip().lower()
+        protected = method == "password" or (
+            method == "profile" and new_email != identity.email.lower()
+        )
+        if protected and now() - session.authenticated_at > PRIVILEGED_SESSION:
+            return self._refresh_required(call, flow)
         try:
-            method = form.get("method", "")
             if method == "profile":
                 self._update_traits(identity, form)
             elif method == "password":
@@ -127,6 +140,29 @@ class AccountFlows(FlowEndpoints):
         if flow.type == "browser" and not call.wants_json:
             return redirect(flow.return_to or f"{call.base}/ui/settings?flow={flow.id}", "POST")
         return json_response(self._flow_json(flow, call.base))
+
+    def _refresh_required(self, call: Call, flow: FlowRecord) -> Response:
+        """Kratos' answer to a password or identifier change from an old sign-in: log in again."""
+        settings_url = f"{call.base}/ui/settings?flow={flow.id}"
+        login = f"{call.base}/self-service/login/browser?" + urlencode(
+            {"refresh": "true", "return_to": settings_url}
+        )
+        if flow.type == "browser" and not call.wants_json:
+            return redirect(login, "POST")
+        return self._error_response(
+            call,
+            KratosError(
+                403,
+                error_id="session_refresh_required",
+                reason=(
+                    "The login session is too old and thus not allowed to update these fields."
+                    " Please re-authenticate."
+                ),
+                message="The requested action was forbidden",
+                redirect_browser_to=login,
+            ),
+            False,
+        )
 
     def _update_traits(self, identity: IdentityRecord, form: dict[str, str]) -> None:
         traits = {
@@ -250,6 +286,9 @@ class AccountFlows(FlowEndpoints):
             )
             identity = self._identities.get(self._identity_by_email.get(flow.email.lower(), ""))
             if not valid or identity is None:
+                flow.attempts += 1
+                if flow.attempts >= MAX_CODE_ATTEMPTS:
+                    flow.code = ""
                 raise FlowRejected(
                     _CODE_INVALID[flow.kind],
                     f"The {flow.kind} code is invalid or has already been used. Please try again.",

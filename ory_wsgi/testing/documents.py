@@ -176,6 +176,7 @@ class FlowRecord:
     state: str = "choose_method"
     email: str = ""
     code: str = ""
+    attempts: int = 0
     continue_with: list[Document] = field(default_factory=list)
 
 

@@ -262,6 +262,12 @@ class KratosStore:
         with self._lock:
             self._find_session(session_id_or_token).expires_at = now() - timedelta(seconds=1)
 
+    def age_session(self, session_id_or_token: str, seconds: float) -> None:
+        """Move the session's sign-in `seconds` back: too old for a password change."""
+        with self._lock:
+            session = self._find_session(session_id_or_token)
+            session.authenticated_at -= timedelta(seconds=seconds)
+
     def revoke_session(self, session_id_or_token: str) -> None:
         with self._lock:
             self._find_session(session_id_or_token).revoked = True
