@@ -359,6 +359,7 @@ def run_demo(port: int = 4000, host: str = "127.0.0.1") -> int:
     """Start Ory's stand-in, the sample app and the proxy on `port`; serve until Ctrl-C."""
     # `kill` (SIGTERM) stops the demo as cleanly as Ctrl-C: the temporary directory goes too.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A busy port: werkzeug says so and exits (SystemExit); Demo removes its directory first.
     with Demo(port, host) as demo:
         assert demo.ory is not None
         print(

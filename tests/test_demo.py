@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -87,4 +88,22 @@ def test_demo_logs_one_line_per_request_and_cleans_up_on_ctrl_c(tmp_path: Path) 
     assert [line.split(" path=")[1].split()[0] for line in lines] == paths, output
     assert "HTTP/1.1" not in output  # werkzeug's own request lines
     assert "Stopped" in output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_on_a_busy_port_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "ory_wsgi.cli", "demo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+        )
+    assert result.returncode == 1
+    assert f"Port {port} is in use" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
