@@ -99,6 +99,12 @@ def test_login_members_jwt_and_logout(visit: Visit) -> None:
     response = page.request.get(f"{base}/favicon.ico")
     assert response.ok and response.headers["content-type"] == "image/svg+xml"
 
+    nav.get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", name="Account settings")).to_be_visible()
+    expect(page.get_by_label("E-Mail")).to_have_value(DEMO_EMAIL)
+    page.get_by_role("link", name="Done").click()
+    expect(page).to_have_url(f"{base}/")
+
     nav.get_by_role("link", name="Log out").click()
     expect(page).to_have_url(f"{base}/")
     expect(nav.get_by_role("link", name="Log in")).to_be_visible()
