@@ -12,7 +12,7 @@ from ory_wsgi.errors import ConfigError, StartupConfigError
 from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.layers import Around, ory_forwarder_for, ory_layers
 from ory_wsgi.logs import configure_logging
-from ory_wsgi.metrics import METRICS_PATH, Metrics
+from ory_wsgi.metrics import Metrics
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
 from ory_wsgi.transport import Transport, parse_upstream
@@ -49,10 +49,10 @@ def public_url(settings: Settings) -> str:
 def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplication:
     """The whole stack for already-loaded settings, innermost layer first.
 
-    `metrics`: Prometheus metrics; by default on when PROMETHEUS_MULTIPROC_DIR is set.
+    `metrics`: Prometheus metrics; by default as `[metrics]` (or PROMETHEUS_MULTIPROC_DIR) says.
     """
     proxy = settings.proxy
-    metrics = metrics or Metrics.from_environment()
+    metrics = metrics or Metrics.from_settings(settings.metrics)
     if not proxy.upstream:
         raise ConfigError(
             "[proxy] upstream is not set: name the application to protect, "
@@ -102,7 +102,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
     )
     routes.setdefault(READY_PATH, Readiness())
     if metrics is not None:
-        routes[METRICS_PATH] = metrics.endpoint
+        routes[settings.metrics.path] = metrics.endpoint
     app = ProxyNamespace(app, routes)
     if around is not None and settings.decisions.enabled:
         if not settings.protect:

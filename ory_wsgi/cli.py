@@ -217,9 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from werkzeug.serving import is_running_from_reloader, run_simple
 
     from ory_wsgi.app import build_app, public_url
+    from ory_wsgi.devserver import OwnDateAndServer, QuietRequestHandler
 
     settings = load_settings(args.config, overrides=run_overrides(args))
-    app = build_app(settings)
+    app = OwnDateAndServer(build_app(settings))
     url = public_url(settings)
     if not is_running_from_reloader():
         print(
@@ -236,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         use_reloader=args.reload,
         extra_files=[args.config] if args.config else None,
         threaded=True,
+        request_handler=QuietRequestHandler,
     )
     return 0
 

@@ -38,7 +38,14 @@ def ory_layers(
     keys = minter = None
     if jwt.enabled:
         keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
-        minter = TokenMinter(keys, jwt.issuer or public, jwt.audience, jwt.ttl, jwt.claims)
+        minter = TokenMinter(
+            keys,
+            jwt.issuer or public,
+            jwt.audience,
+            jwt.ttl,
+            jwt.claims,
+            rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
+        )
         jwks = JwksEndpoint(keys)
         routes["/.ory/jwks.json"] = jwks
         routes["/.ory/proxy/jwks.json"] = jwks

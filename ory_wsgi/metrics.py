@@ -1,14 +1,15 @@
 """Prometheus metrics, optional (`pip install ory_wsgi[metrics]`): requests, whoami, session cache.
 
-    metrics = Metrics.from_environment()   # None unless PROMETHEUS_MULTIPROC_DIR is set
+    metrics = Metrics.from_settings(settings.metrics)   # None when switched off
     cache = metrics.session_cache(ttl, negative_ttl, max_entries)
-    routes[METRICS_PATH] = metrics.endpoint
+    routes[settings.metrics.path] = metrics.endpoint   # METRICS_PATH by default
     app = AccessLog(metrics.wrap(app))
 
-Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` (an empty directory, set before
-the master starts) puts prometheus_client in multiprocess mode: every worker
-writes its own files there and a scrape of any worker sums them all. Without
-it, a `Metrics()` built explicitly counts for this process only.
+Switched on by `[metrics] enabled = true`, or by `PROMETHEUS_MULTIPROC_DIR` alone
+(the gunicorn way). That variable (an empty directory, set before the master starts)
+puts prometheus_client in multiprocess mode: every worker writes its own files there
+and a scrape of any worker sums them all. Without it, metrics count for this process
+(this worker) only.
 
 Paths are collapsed to a few `route` values, so that no client can make the
 label set grow: `proxy` (`/.ory/proxy/*`, JWKS), `ory` (Ory-bound), the
@@ -30,6 +31,7 @@ from ory_wsgi.errors import ConfigError
 from ory_wsgi.headers import TrustedProxies
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import Credentials, Lookup
+from ory_wsgi.settings import MetricsSettings
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 if TYPE_CHECKING:
@@ -109,6 +111,11 @@ class Metrics:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             return None
         return cls()
+
+    @classmethod
+    def from_settings(cls, settings: MetricsSettings) -> Metrics | None:
+        """Metrics when `[metrics] enabled` or `PROMETHEUS_MULTIPROC_DIR` is set, else None."""
+        return cls() if settings.enabled else cls.from_environment()
 
     def wrap(self, app: WSGIApplication) -> WSGIApplication:
         """Count and time every request; goes right inside the access log."""

@@ -101,6 +101,12 @@ class DecisionsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool = False
+    path: str = "/.ory/proxy/metrics"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "json"
     level: str = "info"
@@ -137,6 +143,7 @@ class Settings:
     decisions: DecisionsSettings = field(default_factory=DecisionsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     access_rules: AccessRulesSettings = field(default_factory=AccessRulesSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     protect: tuple[Rule, ...] = ()
     public: tuple[Rule, ...] = ()
     rule: tuple[AccessRule, ...] = ()  # `[[rule]]` tables: access rules in ory.toml
@@ -517,6 +524,17 @@ def _validate(settings: Settings, merged: Layer) -> None:
         )
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
+    metrics_path = settings.metrics.path
+    if (
+        not metrics_path.startswith("/")
+        or any(c in metrics_path for c in "?#%\\")
+        or any(ord(c) < 0x21 for c in metrics_path)
+        or (metrics_path.startswith("/.ory/") and not metrics_path.startswith("/.ory/proxy/"))
+    ):
+        raise ConfigError(
+            f"{where('metrics', 'path')}: must be a plain path starting with /, outside"
+            f" Ory's /.ory/ (under /.ory/proxy/ is fine), got {metrics_path!r}"
+        )
 
 
 def _check_upstream(value: str, tls: TLSOptions, where: Callable[[str, str], str]) -> None:

@@ -1,7 +1,13 @@
-"""Session → JWT: mint ES256 tokens of Ory sessions, cached per worker."""
+"""Session → JWT: mint ES256 tokens of Ory sessions, cached per worker.
+
+The `session` claim is the session as the browser sees it through the proxy: Ory URLs in it
+(`identity.schema_url`) are rewritten from Ory's own address to `<public URL>/.ory` by the
+same `OryRewriter` that rewrites `/.ory/sessions/whoami` (see docs/configuration.md, "[jwt]").
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -15,6 +21,7 @@ from joserfc.jws import JWSRegistry
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.keys import ALGORITHM, KeySet
 from ory_wsgi.ory.client import rfc3339_epoch
+from ory_wsgi.ory.rewrite import OryRewriter
 
 RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "session"})
 # A cached token is handed out until this share of its life has passed, so
@@ -52,8 +59,11 @@ class TokenMinter:
         ttl: float = 60.0,
         claims: Mapping[str, str] | None = None,
         cache_size: int = 10000,
+        *,
+        rewriter: OryRewriter | None = None,
     ) -> None:
         self.keys = keys
+        self.rewriter = rewriter
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
@@ -104,6 +114,8 @@ class TokenMinter:
             self._cache.pop(session_id, None)
 
     def _sign(self, session: Mapping[str, Any], kid: str, key: Any) -> tuple[str, float]:
+        if self.rewriter is not None:
+            session = _as_seen_through_proxy(session, self.rewriter)
         now = time.time()
         issued_at = int(now)
         expires = issued_at + int(self.ttl)
@@ -136,6 +148,16 @@ def _split_claim_paths(claims: Mapping[str, str]) -> tuple[tuple[str, tuple[str,
         if name in RESERVED_CLAIMS:
             raise ConfigError(f"[jwt.claims] {name}: a reserved claim, the proxy sets it")
     return tuple((name, tuple(path.split("."))) for name, path in claims.items())
+
+
+def _as_seen_through_proxy(session: Mapping[str, Any], rewriter: OryRewriter) -> Any:
+    """The session with Ory's URLs as `/.ory/sessions/whoami` shows them through the proxy.
+
+    Once per minted token (tokens are cached), so the JSON round trip costs little.
+    """
+    text = json.dumps(session, separators=(",", ":"), ensure_ascii=False).encode()
+    rewritten = b"".join(rewriter.rewrite_body([text], "application/json", ""))
+    return session if rewritten == text else json.loads(rewritten)
 
 
 def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import Gunicorn, ThreadedServer, free_port
 
 from ory_wsgi.app import build_app
+from ory_wsgi.errors import ConfigError
 from ory_wsgi.metrics import METRICS_PATH, Metrics
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratos
@@ -194,3 +195,39 @@ def test_gunicorn_workers_add_up_in_multiprocess_mode(
         server.stop()
     assert totals == {20}
     assert len({path.name for path in directory.glob("counter_*.db")}) == 2
+
+
+def test_metrics_setting_switches_them_on(
+    dev_proxy: Callable[..., ThreadedServer], upstream: ThreadedServer
+) -> None:
+    proxy = dev_proxy(upstream=upstream.url, metrics={"enabled": True})
+    requests.get(f"{proxy.url}/page", timeout=5)
+    samples = scrape(proxy.url, answered=1)
+    assert value(samples, "ory_wsgi_requests_total", route="app", decision="none", status="200")
+
+
+def test_metrics_path_setting_moves_the_endpoint_off_the_app(
+    dev_proxy: Callable[..., ThreadedServer], upstream: ThreadedServer
+) -> None:
+    proxy = dev_proxy(upstream=upstream.url, metrics={"enabled": True, "path": "/internal/metrics"})
+    moved = requests.get(f"{proxy.url}/internal/metrics", timeout=5)
+    assert moved.status_code == 200
+    assert "ory_wsgi_requests_total" in moved.text and "headers" not in moved.text
+    assert requests.get(f"{proxy.url}{METRICS_PATH}", timeout=5).status_code == 404
+    assert requests.get(f"{proxy.url}/internal/metrics/x", timeout=5).json()["method"] == "GET"
+
+
+@pytest.mark.parametrize(
+    "path", ["metrics", "/.ory/sessions/whoami", "/m?x=1", "/m%2F", "/m etrics", ""]
+)
+def test_metrics_path_must_be_a_plain_path_outside_ory(path: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[metrics\] path"):
+        load_settings(None, env={}, overrides={"metrics": {"path": path}})
+
+
+def test_metrics_settings_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        env={"ORY_WSGI_METRICS_ENABLED": "1", "ORY_WSGI_METRICS_PATH": "/metrics"},
+    )
+    assert settings.metrics.enabled and settings.metrics.path == "/metrics"

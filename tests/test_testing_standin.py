@@ -15,6 +15,7 @@ import requests
 from servers import ROOT, free_port, wait_for_port
 
 from ory_wsgi.testing import FakeKratos, serve
+from ory_wsgi.testing.store import token_from_cookie
 
 PASSWORD = "correct horse battery"
 UNAUTHORIZED_BODY = (
@@ -777,3 +778,116 @@ def test_logout_for_json_client_is_204(fake_ory: FakeKratos, ada: dict[str, Any]
     )
     assert answer.status_code == 204
     assert "Content-Type" not in answer.headers
+
+
+# ----- settings, recovery and verification in a browser -----
+
+
+def test_browser_settings_page_saves_a_changed_email(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    log_in(browser, fake_ory, "ada@example.com")
+    form = start_browser_flow(browser, fake_ory, "settings")
+    assert form.fields["traits.email"] == "ada@example.com"
+    assert [value for _, value in form.buttons] == ["profile", "password"]
+    saved = submit(browser, form, **{"traits.email": "ada@lovelace.org"})
+    assert saved.status_code == 303
+    page = browser.get(saved.headers["Location"], timeout=10)
+    assert "Your changes have been saved!" in page.text
+    assert fake_ory.identity(ada["id"])["traits"]["email"] == "ada@lovelace.org"
+
+
+def test_browser_settings_without_a_session_goes_to_login(fake_ory: FakeKratos) -> None:
+    answer = requests.get(
+        f"{fake_ory.url}/self-service/settings/browser", allow_redirects=False, timeout=10
+    )
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == f"{fake_ory.url}/self-service/login/browser"
+
+
+def test_browser_recovery_mails_a_code_and_signs_in(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    form = start_browser_flow(browser, fake_ory, "recovery")
+    sent = submit(browser, form, email="ada@example.com")
+    page = browser.get(sent.headers["Location"], timeout=10)
+    assert "recovery code has been sent" in page.text and 'name="code"' in page.text
+    mailbox = requests.get(f"{fake_ory.url}/ui/mail", timeout=10).text
+    code = fake_ory.last_code("ada@example.com")
+    assert f"<code>{code}</code>" in mailbox
+    recovered = submit(browser, parse_form(page.text), code=code)
+    assert recovered.status_code == 303
+    assert recovered.headers["Location"].startswith(f"{fake_ory.url}/ui/settings?flow=")
+    settings = browser.get(recovered.headers["Location"], timeout=10)
+    assert "You successfully recovered your account" in settings.text
+    assert whoami(fake_ory, cookies=browser.cookies).status_code == 200
+
+
+def test_recovery_mails_nothing_to_an_unknown_address(fake_ory: FakeKratos) -> None:
+    browser = requests.Session()
+    form = start_browser_flow(browser, fake_ory, "recovery")
+    assert submit(browser, form, email="nobody@example.com").status_code == 303
+    assert fake_ory.outbox == []
+
+
+def test_browser_verification_marks_the_address_verified(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    form = start_browser_flow(browser, fake_ory, "verification")
+    sent = submit(browser, form, email="ada@example.com")
+    page = browser.get(sent.headers["Location"], timeout=10)
+    wrong = submit(browser, parse_form(page.text), code="000000x")
+    assert "invalid or has already been used" in browser.get(wrong.headers["Location"]).text
+    done = submit(browser, parse_form(page.text), code=fake_ory.last_code("ada@example.com"))
+    page = browser.get(done.headers["Location"], timeout=10)
+    assert "You successfully verified your email address." in page.text
+    assert fake_ory.identity(ada["id"])["verifiable_addresses"][0]["verified"] is True
+
+
+def test_revoking_one_of_my_sessions(fake_ory: FakeKratos, ada: dict[str, Any]) -> None:
+    _, mine = fake_ory.create_session(ada["id"])
+    other, _ = fake_ory.create_session(ada["id"])
+    headers = {"X-Session-Token": mine}
+    url = f"{fake_ory.url}/sessions"
+    assert requests.delete(f"{url}/{other['id']}", headers=headers, timeout=10).status_code == 204
+    assert requests.get(url, headers=headers, timeout=10).json() == []
+    current = fake_ory.session(mine)["id"]
+    assert requests.delete(f"{url}/{current}", headers=headers, timeout=10).status_code == 400
+    assert requests.get(url, timeout=10).status_code == 401
+
+
+def test_a_code_is_used_up_after_five_wrong_guesses(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    form = start_browser_flow(browser, fake_ory, "recovery")
+    page = browser.get(submit(browser, form, email="ada@example.com").headers["Location"])
+    code_form = parse_form(page.text)
+    right = fake_ory.last_code("ada@example.com")
+    for guess in range(5):
+        submit(browser, code_form, code=f"{(int(right) + 1 + guess) % 10**6:06d}")
+    refused = submit(browser, code_form, code=right)
+    assert "invalid or has already been used" in browser.get(refused.headers["Location"]).text
+    assert whoami(fake_ory, cookies=browser.cookies).status_code == 401
+
+
+def test_browser_password_change_after_an_old_sign_in_asks_to_log_in_again(
+    fake_ory: FakeKratos, ada: dict[str, Any]
+) -> None:
+    browser = requests.Session()
+    log_in(browser, fake_ory, "ada@example.com")
+    form = start_browser_flow(browser, fake_ory, "settings")
+    token = token_from_cookie(browser.cookies["ory_kratos_session"])
+    assert token is not None
+    fake_ory.age_session(token, 3600)
+    data = {**form.fields, "password": "a new passphrase", "method": "password"}
+    answer = browser.post(form.action, data=data, allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+    assert answer.headers["Location"].startswith(
+        f"{fake_ory.url}/self-service/login/browser?refresh=true&return_to="
+    )
+    assert fake_ory.identity(ada["id"])["traits"]["email"] == "ada@example.com"
+    assert log_in(requests.Session(), fake_ory, "ada@example.com").status_code == 303

@@ -160,7 +160,7 @@ class SessionRecord:
 @dataclass
 class FlowRecord:
     id: str
-    kind: str  # "login" or "registration"
+    kind: str  # "login", "registration", "settings", "recovery" or "verification"
     type: str  # "browser" or "api"
     request_url: str
     return_to: str
@@ -171,6 +171,25 @@ class FlowRecord:
     expires_at: datetime
     messages: list[Document] = field(default_factory=list)
     values: dict[str, str] = field(default_factory=dict)
+    # Settings: whose account; recovery and verification: the address and the code sent to it.
+    identity_id: str = ""
+    state: str = "choose_method"
+    email: str = ""
+    code: str = ""
+    attempts: int = 0
+    continue_with: list[Document] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A message the stand-in "sent": kept in memory and shown on its /ui/mail page."""
+
+    id: str
+    to: str
+    subject: str
+    body: str
+    code: str
+    sent_at: datetime
 
 
 @dataclass
@@ -266,13 +285,28 @@ def _input_node(
     return {"type": "input", "group": group, "attributes": attributes, "messages": [], "meta": meta}
 
 
-def flow_nodes(flow: FlowRecord) -> list[Document]:
+def _anchor_node(group: str, anchor_id: str, href: str, label: tuple[int, str]) -> Document:
+    title = {"id": label[0], "text": label[1], "type": "info"}
+    return {
+        "type": "a",
+        "group": group,
+        "attributes": {"href": href, "title": title, "id": anchor_id, "node_type": "a"},
+        "messages": [],
+        "meta": {"label": title},
+    }
+
+
+def flow_nodes(flow: FlowRecord, identity: IdentityRecord | None = None) -> list[Document]:
     """The form of a flow as Kratos' UI nodes: what the HTML page renders, in order."""
     nodes: list[Document] = []
     if flow.type == "browser":
         nodes.append(
             _input_node("default", "csrf_token", "hidden", value=flow.csrf_token, required=True)
         )
+    if flow.kind == "settings":
+        return nodes + _settings_nodes(identity)
+    if flow.kind in ("recovery", "verification"):
+        return nodes + _code_nodes(flow)
     if flow.kind == "login" and flow.requested_aal == "aal2":
         nodes.append(
             _input_node(
@@ -298,7 +332,8 @@ def flow_nodes(flow: FlowRecord) -> list[Document]:
                 "text",
                 value=flow.values.get("identifier", ""),
                 required=True,
-                autocomplete="username",
+                # Kratos' enum value (the SDKs reject a bare "username").
+                autocomplete="username webauthn",
                 label=(1070004, "ID"),
             )
         )
@@ -330,7 +365,65 @@ def flow_nodes(flow: FlowRecord) -> list[Document]:
     return nodes
 
 
-def flow_document(flow: FlowRecord, base: str) -> Document:
+def _settings_nodes(identity: IdentityRecord | None) -> list[Document]:
+    email = identity.email if identity is not None else ""
+    return [
+        _input_node(
+            "profile",
+            "traits.email",
+            "email",
+            value=email,
+            required=True,
+            autocomplete="email",
+            label=(1070002, "E-Mail"),
+        ),
+        _input_node("profile", "method", "submit", value="profile", label=(1070003, "Save")),
+        _input_node(
+            "password",
+            "password",
+            "password",
+            required=True,
+            autocomplete="new-password",
+            label=(1070001, "Password"),
+        ),
+        _input_node("password", "method", "submit", value="password", label=(1070003, "Save")),
+    ]
+
+
+def _code_nodes(flow: FlowRecord) -> list[Document]:
+    if flow.state == "passed_challenge":
+        return [
+            _anchor_node("code", "continue", flow.values.get("continue", ""), (1070009, "Continue"))
+        ]
+    if flow.state == "sent_email":
+        code_label = (
+            (1070010, "Recovery code")
+            if flow.kind == "recovery"
+            else (1070011, "Verification code")
+        )
+        return [
+            _input_node("code", "code", "text", required=True, label=code_label),
+            _input_node("code", "method", "hidden", value="code"),
+            _input_node("code", "method", "submit", value="code", label=(1070005, "Submit")),
+        ]
+    return [
+        _input_node(
+            "code",
+            "email",
+            "email",
+            value=flow.values.get("email", ""),
+            required=True,
+            autocomplete="email",
+            label=(1070007, "Email"),
+        ),
+        _input_node("code", "method", "submit", value="code", label=(1070005, "Submit")),
+    ]
+
+
+def flow_document(flow: FlowRecord, base: str, identity: IdentityRecord | None = None) -> Document:
+    """A flow as Kratos answers it; a settings flow needs its `identity`."""
+    if flow.kind in ("settings", "recovery", "verification"):
+        return _account_flow_document(flow, base, identity)
     document: Document = {
         "id": flow.id,
         "organization_id": None,
@@ -349,12 +442,43 @@ def flow_document(flow: FlowRecord, base: str) -> Document:
     if flow.messages:
         ui["messages"] = flow.messages
     document["ui"] = ui
-    document["created_at"] = rfc3339(flow.issued_at)
-    document["updated_at"] = rfc3339(flow.issued_at)
     if flow.kind == "login":
+        # Kratos' registration flow keeps its timestamps out of the JSON; the login flow not.
+        document["created_at"] = rfc3339(flow.issued_at)
+        document["updated_at"] = rfc3339(flow.issued_at)
         document["refresh"] = flow.refresh
         document["requested_aal"] = flow.requested_aal
     document["state"] = "choose_method"
+    return document
+
+
+def _account_flow_document(
+    flow: FlowRecord, base: str, identity: IdentityRecord | None
+) -> Document:
+    document: Document = {
+        "id": flow.id,
+        "type": flow.type,
+        "expires_at": rfc3339(flow.expires_at),
+        "issued_at": rfc3339(flow.issued_at),
+        "request_url": flow.request_url,
+    }
+    if flow.return_to:
+        document["return_to"] = flow.return_to
+    if flow.kind != "settings":
+        document["active"] = "code"
+    ui: Document = {
+        "action": f"{base}/self-service/{flow.kind}?flow={flow.id}",
+        "method": "POST",
+        "nodes": flow_nodes(flow, identity),
+    }
+    if flow.messages:
+        ui["messages"] = flow.messages
+    document["ui"] = ui
+    if flow.kind == "settings" and identity is not None:
+        document["identity"] = identity_document(identity, base)
+    document["state"] = flow.state
+    if flow.continue_with:
+        document["continue_with"] = flow.continue_with
     return document
 
 

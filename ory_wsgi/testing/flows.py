@@ -35,7 +35,7 @@ from ory_wsgi.testing.store import KratosStore, random_token
 
 _EPOCH_PLUS_ONE = datetime.fromtimestamp(1, UTC)
 _FLOW_LIFESPAN = timedelta(hours=1)
-_MIN_PASSWORD_LENGTH = 8
+MIN_PASSWORD_LENGTH = 8
 _FLOWS_BEFORE_PRUNING = 1000
 
 
@@ -71,6 +71,23 @@ class FlowEndpoints(KratosStore):
                 reason="You can not requested a higher AAL (AAL2/AAL3) without an active session.",
                 message="aal2 and aal3 can only be requested if a session exists already",
             )
+        flow = self._create_flow(
+            call, kind, flow_type, return_to, requested_aal=requested_aal, refresh=refresh
+        )
+        return self._flow_started(call, flow)
+
+    def _create_flow(
+        self,
+        call: Call,
+        kind: str,
+        flow_type: str,
+        return_to: str,
+        *,
+        requested_aal: str = "aal1",
+        refresh: bool = False,
+        identity_id: str = "",
+        state: str = "choose_method",
+    ) -> FlowRecord:
         csrf_token = ""
         if flow_type == "browser":
             existing = call.request.cookies.get(self.csrf_cookie_name_for(call.base), "")
@@ -88,18 +105,41 @@ class FlowEndpoints(KratosStore):
             csrf_token=csrf_token,
             issued_at=moment,
             expires_at=moment + _FLOW_LIFESPAN,
+            identity_id=identity_id,
+            state=state,
         )
         with self._lock:
             if len(self._flows) >= _FLOWS_BEFORE_PRUNING:
                 self._flows = {k: f for k, f in self._flows.items() if f.expires_at > moment}
             self._flows[flow.id] = flow
-        if flow_type == "browser" and not call.wants_json:
-            response = redirect(f"{call.base}/ui/{kind}?flow={flow.id}")
+        return flow
+
+    def _flow_started(self, call: Call, flow: FlowRecord) -> Response:
+        """A browser goes to the flow's UI page; an API client or a JSON request gets the flow."""
+        if flow.type == "browser" and not call.wants_json:
+            response = redirect(f"{call.base}/ui/{flow.kind}?flow={flow.id}")
         else:
-            response = json_response(flow_document(flow, call.base))
-        if csrf_token:
-            response.headers.add("Set-Cookie", self._csrf_cookie(call.base, csrf_token))
+            response = json_response(self._flow_json(flow, call.base))
+        if flow.csrf_token:
+            response.headers.add("Set-Cookie", self._csrf_cookie(call.base, flow.csrf_token))
         return response
+
+    def _flow_json(self, flow: FlowRecord, base: str) -> Document:
+        with self._lock:
+            identity = self._identities.get(flow.identity_id) if flow.identity_id else None
+            return flow_document(flow, base, identity)
+
+    def _check_csrf(self, call: Call, flow: FlowRecord, form: dict[str, str]) -> None:
+        """A browser flow's form must carry the flow's CSRF token, and so must the cookie."""
+        if flow.type != "browser":
+            return
+        sent = form.get("csrf_token", "")
+        cookie = call.request.cookies.get(self.csrf_cookie_name_for(call.base), "")
+        if not (
+            hmac.compare_digest(sent.encode(), flow.csrf_token.encode())
+            and hmac.compare_digest(cookie.encode(), flow.csrf_token.encode())
+        ):
+            raise csrf_violation()
 
     def _already_logged_in(self, call: Call, kind: str, flow_type: str, return_to: str) -> Response:
         if flow_type == "browser" and not call.wants_json:
@@ -117,19 +157,12 @@ class FlowEndpoints(KratosStore):
 
     def _get_flow(self, call: Call, kind: str) -> Response:
         flow = self._flow(call.request.args.get("id", ""), kind)
-        return json_response(flow_document(flow, call.base))
+        return json_response(self._flow_json(flow, call.base))
 
     def _submit_flow(self, call: Call, kind: str) -> Response:
         flow = self._flow(call.request.args.get("flow", ""), kind)
         form = self._submitted_fields(call.request)
-        if flow.type == "browser":
-            sent = form.get("csrf_token", "")
-            cookie = call.request.cookies.get(self.csrf_cookie_name_for(call.base), "")
-            if not (
-                hmac.compare_digest(sent.encode(), flow.csrf_token.encode())
-                and hmac.compare_digest(cookie.encode(), flow.csrf_token.encode())
-            ):
-                raise csrf_violation()
+        self._check_csrf(call, flow, form)
         try:
             if kind == "login":
                 session, identity = self._complete_login(call, flow, form)
@@ -232,10 +265,10 @@ class FlowEndpoints(KratosStore):
                 raise FlowRejected(4000002, f"Property {name} is missing.")
         if "@" not in email:
             raise FlowRejected(4000001, f'"{email}" is not valid "email"')
-        if len(password) < _MIN_PASSWORD_LENGTH:
+        if len(password) < MIN_PASSWORD_LENGTH:
             raise FlowRejected(
                 4000032,
-                f"The password must be at least {_MIN_PASSWORD_LENGTH} characters long,"
+                f"The password must be at least {MIN_PASSWORD_LENGTH} characters long,"
                 f" but got {len(password)}.",
             )
         traits = {
@@ -316,6 +349,23 @@ class FlowEndpoints(KratosStore):
                 secure=self.secure_cookies,
             ),
         )
+        return response
+
+    def _logout_api(self, call: Call) -> Response:
+        """`DELETE /self-service/logout/api` with `{"session_token": …}`: revoke it, 204."""
+        token = self._submitted_fields(call.request).get("session_token", "")
+        if not token:
+            raise KratosError(400, reason="Property session_token is missing.")
+        with self._lock:
+            session = self._sessions.get(self._session_by_token.get(token, ""))
+            if session is None or session.revoked:
+                raise KratosError(
+                    403,
+                    reason="Unable to log out because the session token does not exist.",
+                )
+            session.revoked = True
+        response = Response(status=204)
+        del response.headers["Content-Type"]
         return response
 
     # ----- internals -----

@@ -1,8 +1,10 @@
 """FakeKratos: a small in-memory Kratos (public API and a plain HTML UI) as a thread-safe WSGI app.
 
 It answers like Kratos does (see docs in KRATOS.md): whoami with the three credential kinds, the
-error envelope, browser and API login/registration flows, the two-step browser logout, and the
+error envelope, browser and API flows (login, registration, settings, recovery, verification),
+the user's session list, the two-step browser logout and the native one, and the
 `Ory-Base-URL-Rewrite` header Ory Network honours, so that a proxy can put it under `/.ory`.
+Recovery and verification codes are not sent anywhere: they land in `outbox` and on `/ui/mail`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from ory_wsgi.testing.account import AccountFlows
 from ory_wsgi.testing.documents import (
     DEFAULT_SCHEMA_ID,
     KratosError,
@@ -22,20 +25,23 @@ from ory_wsgi.testing.documents import (
     schema_document,
     schema_url,
 )
-from ory_wsgi.testing.flows import FlowEndpoints
 from ory_wsgi.testing.responses import Call, json_response
 from ory_wsgi.testing.store import LoggedRequest
 from ory_wsgi.testing.ui import UiPages
 from ory_wsgi.testing.whoami import WhoamiEndpoint
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
+_FLOW_KINDS = ("login", "registration", "settings", "recovery", "verification")
 # Endpoints whose errors a browser sees as a 303 to the error UI instead of the JSON envelope.
 _BROWSER_ERROR_ENDPOINTS = frozenset(
-    {"login_browser", "registration_browser", "login_submit", "registration_submit", "logout"}
+    {
+        "logout",
+        *(f"{kind}_{step}" for kind in _FLOW_KINDS for step in ("browser", "submit")),
+    }
 )
 
 
-class FakeKratos(WhoamiEndpoint, FlowEndpoints, UiPages):
+class FakeKratos(WhoamiEndpoint, AccountFlows, UiPages):
     """A local Ory (Kratos) stand-in: identities and sessions in memory, safe across threads.
 
     >>> kratos = FakeKratos("http://127.0.0.1:4433")
@@ -45,6 +51,8 @@ class FakeKratos(WhoamiEndpoint, FlowEndpoints, UiPages):
     Tests control it through methods (add_identity, create_session, expire_session,
     deactivate_identity, require_aal2), read `whoami_calls` and `request_log`, and inject faults
     into whoami (fail_whoami, fail_next, garble_whoami, drop_whoami, `whoami_delay`).
+    `login_hint` is a line shown above the login form (the demo names its account there);
+    with a `default_return_url`, every flow page links back to it ("Back to the app").
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class FakeKratos(WhoamiEndpoint, FlowEndpoints, UiPages):
         default_return_url: str | None = None,
         session_lifespan: float = 86400.0,
         rewrite_token: str | None = None,
+        login_hint: str = "",
     ) -> None:
         super().__init__(
             base_url,
@@ -66,65 +75,77 @@ class FakeKratos(WhoamiEndpoint, FlowEndpoints, UiPages):
             default_return_url=default_return_url,
             session_lifespan=session_lifespan,
             rewrite_token=rewrite_token,
+            login_hint=login_hint,
         )
-        self._routes = Map(
-            [
-                Rule("/sessions/whoami", endpoint="whoami", methods=["GET"]),
-                Rule("/self-service/login/browser", endpoint="login_browser", methods=["GET"]),
-                Rule("/self-service/login/api", endpoint="login_api", methods=["GET"]),
-                Rule("/self-service/login/flows", endpoint="login_flow", methods=["GET"]),
-                Rule("/self-service/login", endpoint="login_submit", methods=["POST"]),
-                Rule(
-                    "/self-service/registration/browser",
-                    endpoint="registration_browser",
-                    methods=["GET"],
-                ),
-                Rule(
-                    "/self-service/registration/api", endpoint="registration_api", methods=["GET"]
-                ),
-                Rule(
-                    "/self-service/registration/flows",
-                    endpoint="registration_flow",
-                    methods=["GET"],
-                ),
-                Rule(
-                    "/self-service/registration", endpoint="registration_submit", methods=["POST"]
-                ),
-                Rule("/self-service/logout/browser", endpoint="logout_browser", methods=["GET"]),
-                Rule("/self-service/logout", endpoint="logout", methods=["GET"]),
-                Rule("/self-service/errors", endpoint="errors", methods=["GET"]),
-                Rule("/schemas/<schema_id>", endpoint="schema", methods=["GET"]),
-                Rule("/health/alive", endpoint="health", methods=["GET"]),
-                Rule("/health/ready", endpoint="health", methods=["GET"]),
-                Rule("/ui/login", endpoint="ui_login", methods=["GET"]),
-                Rule("/ui/registration", endpoint="ui_registration", methods=["GET"]),
-                Rule("/ui/welcome", endpoint="ui_welcome", methods=["GET"]),
-                Rule("/ui/error", endpoint="ui_error", methods=["GET"]),
-                Rule("/ui/settings", endpoint="ui_notice", methods=["GET"]),
-                Rule("/ui/recovery", endpoint="ui_notice", methods=["GET"]),
-                Rule("/ui/verification", endpoint="ui_notice", methods=["GET"]),
+        rules = [
+            Rule("/sessions/whoami", endpoint="whoami", methods=["GET"]),
+            Rule("/sessions", endpoint="sessions", methods=["GET"]),
+            Rule("/sessions", endpoint="sessions_revoke_others", methods=["DELETE"]),
+            Rule("/sessions/<session_id>", endpoint="session_revoke", methods=["DELETE"]),
+            Rule("/self-service/logout/browser", endpoint="logout_browser", methods=["GET"]),
+            Rule("/self-service/logout/api", endpoint="logout_api", methods=["DELETE"]),
+            Rule("/self-service/logout", endpoint="logout", methods=["GET"]),
+            Rule("/self-service/errors", endpoint="errors", methods=["GET"]),
+            Rule("/schemas/<schema_id>", endpoint="schema", methods=["GET"]),
+            Rule("/health/alive", endpoint="health", methods=["GET"]),
+            Rule("/health/ready", endpoint="health", methods=["GET"]),
+            Rule("/ui/welcome", endpoint="ui_welcome", methods=["GET"]),
+            Rule("/ui/error", endpoint="ui_error", methods=["GET"]),
+            Rule("/ui/mail", endpoint="ui_mail", methods=["GET"]),
+        ]
+        for kind in _FLOW_KINDS:
+            base = f"/self-service/{kind}"
+            rules += [
+                Rule(f"{base}/browser", endpoint=f"{kind}_browser", methods=["GET"]),
+                Rule(f"{base}/api", endpoint=f"{kind}_api", methods=["GET"]),
+                Rule(f"{base}/flows", endpoint=f"{kind}_flow", methods=["GET"]),
+                Rule(base, endpoint=f"{kind}_submit", methods=["POST"]),
+                Rule(f"/ui/{kind}", endpoint=f"ui_{kind}", methods=["GET"]),
             ]
-        )
+        self._routes = Map(rules)
         self._handlers: dict[str, Callable[[Call], Response]] = {
             "whoami": self._whoami,
-            "login_browser": lambda call: self._start_flow(call, "login", "browser"),
-            "login_api": lambda call: self._start_flow(call, "login", "api"),
-            "login_flow": lambda call: self._get_flow(call, "login"),
-            "login_submit": lambda call: self._submit_flow(call, "login"),
-            "registration_browser": lambda call: self._start_flow(call, "registration", "browser"),
-            "registration_api": lambda call: self._start_flow(call, "registration", "api"),
-            "registration_flow": lambda call: self._get_flow(call, "registration"),
-            "registration_submit": lambda call: self._submit_flow(call, "registration"),
+            "sessions": self._list_sessions,
+            "sessions_revoke_others": self._revoke_other_sessions,
+            "session_revoke": self._revoke_session,
             "logout_browser": self._logout_browser,
+            "logout_api": self._logout_api,
             "logout": self._logout,
             "errors": self._get_error,
             "schema": self._schema,
             "health": lambda call: json_response({"status": "ok"}),
-            "ui_login": lambda call: self._ui_flow(call, "login"),
-            "ui_registration": lambda call: self._ui_flow(call, "registration"),
             "ui_welcome": self._ui_welcome,
             "ui_error": self._ui_error,
-            "ui_notice": self._ui_notice,
+            "ui_mail": self._ui_mail,
+        }
+        for kind in _FLOW_KINDS:
+            self._handlers.update(self._flow_handlers(kind))
+
+    def _flow_handlers(self, kind: str) -> dict[str, Callable[[Call], Response]]:
+        """The five endpoints of one self-service flow kind: browser, api, flows, submit, UI."""
+        ui: Callable[[Call], Response] = lambda call: self._ui_flow(call, kind)  # noqa: E731
+        if kind in ("login", "registration"):
+            return {
+                f"{kind}_browser": lambda call: self._start_flow(call, kind, "browser"),
+                f"{kind}_api": lambda call: self._start_flow(call, kind, "api"),
+                f"{kind}_flow": lambda call: self._get_flow(call, kind),
+                f"{kind}_submit": lambda call: self._submit_flow(call, kind),
+                f"ui_{kind}": ui,
+            }
+        if kind == "settings":
+            return {
+                "settings_browser": lambda call: self._start_settings(call, "browser"),
+                "settings_api": lambda call: self._start_settings(call, "api"),
+                "settings_flow": lambda call: self._get_account_flow(call, "settings"),
+                "settings_submit": self._submit_settings,
+                "ui_settings": ui,
+            }
+        return {
+            f"{kind}_browser": lambda call: self._start_code_flow(call, kind, "browser"),
+            f"{kind}_api": lambda call: self._start_code_flow(call, kind, "api"),
+            f"{kind}_flow": lambda call: self._get_account_flow(call, kind),
+            f"{kind}_submit": lambda call: self._submit_code_flow(call, kind),
+            f"ui_{kind}": ui,
         }
 
     # ----- WSGI -----

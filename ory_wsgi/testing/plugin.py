@@ -19,6 +19,8 @@ faults) with its settings restored. Example, testing an app that sits behind the
 
 `fake_ory.url` is the stand-in's URL (its Kratos public API); point the proxy's `ory.sdk_url`
 at it. Sessions are also usable with `X-Session-Token: <token>` or `Authorization: Bearer`.
+Settings, recovery and verification flows work too; codes are not mailed but kept in
+`fake_ory.outbox` (`fake_ory.last_code("ada@example.com")`) and shown on `<url>/ui/mail`.
 Like Kratos, it ignores a `return_to` outside its own base URL unless allowed: set
 `fake_ory.allowed_return_urls = ["http://127.0.0.1:<app port>"]` for login redirects to your app.
 """

@@ -23,6 +23,7 @@ from ory_wsgi.testing.documents import (
     FlowRecord,
     IdentityRecord,
     KratosError,
+    Mail,
     SessionRecord,
     StoredError,
     go_cookie,
@@ -92,6 +93,7 @@ class Settings:
     default_return_url: str | None
     session_lifespan: float
     rewrite_token: str | None
+    login_hint: str
 
 
 class KratosStore:
@@ -110,6 +112,7 @@ class KratosStore:
         default_return_url: str | None = None,
         session_lifespan: float = 86400.0,
         rewrite_token: str | None = None,
+        login_hint: str = "",
     ) -> None:
         self._initial = Settings(
             base_url=base_url.rstrip("/") if base_url else None,
@@ -119,6 +122,7 @@ class KratosStore:
             default_return_url=default_return_url,
             session_lifespan=session_lifespan,
             rewrite_token=rewrite_token,
+            login_hint=login_hint,
         )
         self._lock = threading.RLock()
         self.reset()
@@ -136,6 +140,7 @@ class KratosStore:
             self.default_return_url = settings.default_return_url
             self.session_lifespan = settings.session_lifespan
             self.rewrite_token = settings.rewrite_token
+            self.login_hint = settings.login_hint
             self.whoami_delay = 0.0
             self._identities: dict[str, IdentityRecord] = {}
             self._identity_by_email: dict[str, str] = {}
@@ -144,6 +149,7 @@ class KratosStore:
             self._flows: dict[str, FlowRecord] = {}
             self._logout_tokens: dict[str, str] = {}
             self._errors: dict[str, StoredError] = {}
+            self._outbox: list[Mail] = []
             self._fault: Fault | None = None
             self._whoami_total = 0
             self._whoami_by_kind: Counter[str] = Counter()
@@ -256,6 +262,12 @@ class KratosStore:
         with self._lock:
             self._find_session(session_id_or_token).expires_at = now() - timedelta(seconds=1)
 
+    def age_session(self, session_id_or_token: str, seconds: float) -> None:
+        """Move the session's sign-in `seconds` back: too old for a password change."""
+        with self._lock:
+            session = self._find_session(session_id_or_token)
+            session.authenticated_at -= timedelta(seconds=seconds)
+
     def revoke_session(self, session_id_or_token: str) -> None:
         with self._lock:
             self._find_session(session_id_or_token).revoked = True
@@ -267,6 +279,22 @@ class KratosStore:
     def cookies(self, token: str) -> dict[str, str]:
         """The session cookie of `token` as a mapping, e.g. for requests' `cookies=`."""
         return {self.cookie_name: session_cookie_value(token)}
+
+    # ----- the "mail" it sends (recovery and verification codes) -----
+
+    @property
+    def outbox(self) -> list[Mail]:
+        """Every message sent, oldest first; also shown on the stand-in's /ui/mail page."""
+        with self._lock:
+            return list(self._outbox)
+
+    def last_code(self, email: str) -> str:
+        """The code in the newest message to `email` (KeyError when none was sent)."""
+        with self._lock:
+            for mail in reversed(self._outbox):
+                if mail.to.lower() == email.strip().lower():
+                    return mail.code
+        raise KeyError(f"no mail sent to {email!r}")
 
     # ----- internals -----
 
