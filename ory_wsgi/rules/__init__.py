@@ -1,0 +1,1 @@
+"""Access rules (SPEC §16): loading, matching and templates."""
