@@ -653,3 +653,74 @@ def test_quoted_values_cannot_break_out_of_a_json_string(value: str) -> None:
     )
     expected = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     assert json.loads(out) == {"v": expected}
+
+
+# JSON mode (id_token claims, remote_json payloads): a user who sets their own traits
+# must not be able to end a JSON string and add claims or change a permission check.
+INJECTIONS = [
+    'x", "admin": true, "y": "',
+    'x\\", "admin": true, "z": "',
+    "x\\",
+    'x"}, {"namespace": "admin',
+    "line\nbreak",
+    "tab\tand\u2028separator\x00nul",
+    'é✓ "quoted" \\back\\slash',
+]
+JSON_TEMPLATES = [
+    '{"aud": ["a"], "name": "{{ print .Extra.name }}"}',
+    '{"name": "{{ .Extra.name }}", "sub": "{{ print .Subject }}"}',
+    '{"name": "prefix-{{ .Extra.name | lower }}-suffix"}',
+    '{"name": "{{ printf "%s:%s" .Extra.name .Subject }}"}',
+    '{"names": [{{ range $i, $n := .Extra.names }}{{ if $i }},{{ end }}"{{ $n }}"{{ end }}]}',
+    '{"name": "{{ if .Extra.name }}{{ .Extra.name }}{{ else }}none{{ end }}"}',
+    '{"name": "{{ with .Extra.name }}{{ . }}{{ end }}"}',
+]
+
+
+@pytest.mark.parametrize("value", INJECTIONS)
+@pytest.mark.parametrize("source", JSON_TEMPLATES)
+def test_json_mode_values_cannot_leave_their_string(source: str, value: str) -> None:
+    context = TemplateContext(subject="s", extra={"name": value, "names": [value, value]})
+    parsed = json.loads(compile_template(source, json=True).render(context))
+    assert set(parsed) <= {"aud", "name", "names", "sub"}
+    strings = [*parsed.get("names", []), *([parsed["name"]] if "name" in parsed else [])]
+    assert strings
+    assert all(value in s or value.lower() in s for s in strings)
+
+
+def test_without_json_mode_the_same_value_adds_a_claim_as_in_oathkeeper() -> None:
+    source = '{"name": "{{ print .Extra.name }}"}'
+    context = TemplateContext(extra={"name": INJECTIONS[0]})
+    assert json.loads(compile_template(source).render(context))["admin"] is True
+    assert "admin" not in json.loads(compile_template(source, json=True).render(context))
+
+
+def test_json_mode_leaves_actions_outside_strings_alone() -> None:
+    source = '{"session": {{ .Extra | toJson }}, "n": {{ .Extra.n }}, "s": "{{ .Extra.s }}"}'
+    context = TemplateContext(extra={"n": 3, "s": "a<b>&c"})
+    assert compile_template(source, json=True).render(context) == (
+        '{"session": {"n":3,"s":"a\\u003cb\\u003e\\u0026c"}, "n": 3, "s": "a<b>&c"}'
+    )
+
+
+def test_json_mode_falls_back_where_branches_disagree() -> None:
+    source = '{{ if .Subject }}"{{ end }}{{ .Subject }}'
+    context = TemplateContext(subject='a"')
+    assert compile_template(source, json=True).render(context) == '"a"'
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text())
+def test_json_mode_prints_plain_values_exactly_as_without_it(value: str) -> None:
+    source = '{"a": "{{ .Extra.v }}", "b": [{{ range .Extra.l }}"{{ . }}",{{ end }}"end"]}'
+    context = TemplateContext(extra={"v": value, "l": [value]})
+    raw = compile_template(source).render(context)
+    safe = compile_template(source, json=True).render(context)
+    if not any(ch in value for ch in '"\\') and all(
+        ord(ch) >= 0x20 and ch not in "\u2028\u2029" and not 0xD800 <= ord(ch) <= 0xDFFF
+        for ch in value
+    ):
+        assert safe == raw
+    assert json.loads(safe)["a"] == value.encode("utf-16", "surrogatepass").decode(
+        "utf-16", "replace"
+    )

@@ -484,6 +484,33 @@ def _json_string(text: str) -> str:
     return '"' + _JSON_ESCAPE_RE.sub(_json_escape, text) + '"'
 
 
+# Inside a JSON string only these need escaping; `<>&` stay as Oathkeeper prints them.
+_JSON_INNER_RE = re.compile('["\\\\\x00-\x1f\u2028\u2029\ud800-\udfff]')
+
+
+def _json_inner(text: str) -> str:
+    """`text` escaped for the inside of a JSON string (no quotes added)."""
+    return _JSON_INNER_RE.sub(_json_escape, text)
+
+
+_JSON_OUT, _JSON_IN, _JSON_IN_ESCAPE = 0, 1, 2
+
+
+def _scan_json(text: str, state: int) -> int:
+    """Whether the JSON text so far ends inside a string (and after a backslash)."""
+    for ch in text:
+        if state == _JSON_IN_ESCAPE:
+            state = _JSON_IN
+        elif state == _JSON_IN:
+            if ch == "\\":
+                state = _JSON_IN_ESCAPE
+            elif ch == '"':
+                state = _JSON_OUT
+        elif ch == '"':
+            state = _JSON_IN
+    return state
+
+
 # --- printf ---------------------------------------------------------------------------
 
 
@@ -1402,8 +1429,13 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 
 class _Compiler:
-    def __init__(self, src: _Source) -> None:
+    def __init__(self, src: _Source, json: bool) -> None:
         self.src = src
+        # In JSON mode, whether the text so far is inside a JSON string, and whether
+        # some block left it differently than it found it (then the mode is dropped).
+        self.json = json
+        self.json_state = _JSON_OUT
+        self.json_mixed = False
         self.items = _segments(src)
         self.i = 0
         self.scopes: list[dict[str, int]] = [{}]
@@ -1421,6 +1453,8 @@ class _Compiler:
             self.i += 1
             if kind == "text":
                 parts.append(value)
+                if self.json:
+                    self.json_state = _scan_json(value, self.json_state)
                 continue
             cur = _Cursor(self.src, value, pos)
             cur.skip_space()
@@ -1448,6 +1482,10 @@ class _Compiler:
         cur.expect_end("action")
         if decl:
             return self.bind(decl, run)
+        if self.json and self.json_state != _JSON_OUT:
+            if self.json_state == _JSON_IN_ESCAPE:
+                self.json_mixed = True
+            return lambda st: _json_inner(_output(run(st)))
         return lambda st: _output(run(st))
 
     def bind(self, decl: list[tuple[str, bool, int]], run: _Run) -> _Part:
@@ -1506,8 +1544,9 @@ class _Compiler:
         decl, run, _ = self.pipeline(cur)
         cur.expect_end("{{if}}")
         cond = self.checked(decl, run, pos)
+        entry = self.json_state
         body, term = self.parse_list()
-        then, otherwise = self.block_after(body, term, "if", pos)
+        then, otherwise = self.block_after(body, term, "if", pos, entry)
 
         def run_if(st: _State) -> str:
             if _truth(cond(st)):
@@ -1521,11 +1560,12 @@ class _Compiler:
         cur.expect_end("{{with}}")
         value_of = self.checked(decl, run, pos)
         self.dots.append((static if static in _TABLES else _DYNAMIC, False))
+        entry = self.json_state
         try:
             body, term = self.parse_list()
         finally:
             self.dots.pop()
-        then, otherwise = self.block_after(body, term, "with", pos)
+        then, otherwise = self.block_after(body, term, "with", pos, entry)
 
         def run_with(st: _State) -> str:
             value = value_of(st)
@@ -1546,11 +1586,12 @@ class _Compiler:
         key_slot = slots[0] if len(slots) == 2 else None
         value_slot = slots[-1] if slots else None
         self.dots.append((_DYNAMIC, False))
+        entry = self.json_state
         try:
             body, term = self.parse_list()
         finally:
             self.dots.pop()
-        then, otherwise = self.block_after(body, term, "range", pos)
+        then, otherwise = self.block_after(body, term, "range", pos, entry)
 
         def run_range(st: _State) -> str:
             items = _iterate(seq(st))
@@ -1577,15 +1618,23 @@ class _Compiler:
 
         return run_range
 
+    def settle(self, entry: int) -> None:
+        """Every branch of a block must leave the JSON text as it found it."""
+        if self.json_state != entry:
+            self.json_mixed = True
+        self.json_state = entry
+
     def block_after(
         self,
         body: list[_Part],
         term: tuple[str, _Cursor, int] | None,
         what: str,
         pos: int,
+        entry: int,
     ) -> tuple[_Run, _Run | None]:
         if term is None:
             raise self.src.error(f"missing {{{{end}}}} for {what}", pos)
+        self.settle(entry)
         word, cur, term_pos = term
         if word == "end":
             cur.expect_end("{{end}}")
@@ -1601,6 +1650,7 @@ class _Compiler:
         if term is None or term[0] != "end":
             where = term[2] if term is not None else term_pos
             raise self.src.error(f"expected {{{{end}}}} after {{{{else}}}} of {what}", where)
+        self.settle(entry)
         term[1].expect_end("{{end}}")
         return _joined(body), _joined(otherwise)
 
@@ -1922,11 +1972,23 @@ class Template:
         return f"Template({self.source!r})"
 
 
-def compile_template(text: str, *, where: str = "", max_output: int = MAX_OUTPUT) -> Template:
-    """Parse `text` once; raises TemplateError (one line, naming `where`) if unsupported."""
+def compile_template(
+    text: str, *, where: str = "", max_output: int = MAX_OUTPUT, json: bool = False
+) -> Template:
+    """Parse `text` once; raises TemplateError (one line, naming `where`) if unsupported.
+
+    `json=True` is for templates that produce JSON (id_token claims, remote_json
+    payloads): what an action prints inside a JSON string is escaped for it, so a
+    value holding `"` cannot end the string and add keys. Values without `"`, `\\`
+    or control characters print exactly as without it. Where a block's branches leave
+    the text inside and outside a string differently, the template is compiled as
+    without `json` (Oathkeeper's behaviour).
+    """
     src = _Source(text, where)
-    compiler = _Compiler(src)
+    compiler = _Compiler(src, json)
     parts, term = compiler.parse_list()
     if term is not None:
         raise src.error(f"unexpected {{{{{term[0]}}}}}", term[2])
+    if compiler.json_mixed:
+        return compile_template(text, where=where, max_output=max_output)
     return Template(text, where, _merge(parts), compiler.slots, min(max_output, MAX_OUTPUT))
