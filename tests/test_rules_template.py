@@ -98,6 +98,11 @@ SUPPORTED = [
     ("printf widths", '{{ printf "%5.2f|%-6s|" .Extra.f .Subject }}', " 3.14|foo   |"),
     ("printf bad verb", '{{ printf "%d" .Extra.f }}', "%!d(float64=3.14159)"),
     ("printf unknown verb", '{{ printf "%z" .Subject }}', "%!z(string=foo)"),
+    (
+        "printf flags per element",
+        '{{ printf "%3s|%-3v|%05d|%+.1f|%X|%05v" .Extra.list .Extra.list 42 .Extra.f "hi" -3 }}',
+        "[  a   b]|[a   b  ]|00042|+3.1|6869|-0003",
+    ),
     ("printf rune", '{{ printf "%q" 65 }}', "'A'"),
     ("printf percent", '{{ printf "100%%" }}', "100%"),
     ("printf piped", '{{ .Extra.f | printf "%.1f" }}', "3.1"),

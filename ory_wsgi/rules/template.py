@@ -523,7 +523,6 @@ class _Verb:
 
 
 _VERB_RE = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d*))?(.)?", re.DOTALL)
-_NUMERIC_VERBS = frozenset("dbcoqxXUeEfFgGtv")
 
 
 def _parse_format(fmt: str) -> tuple[str | _Verb, ...] | str:
@@ -648,25 +647,31 @@ def _format_str(value: str, spec: _Verb) -> str:
 
 
 def _format_one(value: Any, spec: _Verb, depth: int = 0) -> str:
-    """One printf argument, before padding; the verb applies to elements of lists and maps."""
+    """One printf argument; verb, width and flags apply to each element of lists and maps."""
     if depth > _MAX_DEPTH:
         raise _Absent
     kind = type(value)
     verb = spec.verb
     if kind is str:
-        return _format_str(value, spec)
+        return _pad(_format_str(value, spec), spec, False)
     if value is None:
         # An absent value is the empty string here, as everywhere in templates.
-        return _format_str("", spec) if verb in ("s", "v", "q") else _bad_verb(None, verb)
+        if verb in ("s", "v", "q"):
+            return _pad(_format_str("", spec), spec, False)
+        return _bad_verb(None, verb)
     if kind is bool:
-        return ("true" if value else "false") if verb in ("t", "v") else _bad_verb(value, verb)
+        if verb in ("t", "v"):
+            return _pad("true" if value else "false", spec, False)
+        return _bad_verb(value, verb)
     if kind is int:
-        return _format_int(value, spec)
+        return _pad(_format_int(value, spec), spec, verb not in "cqU")
     if kind is float:
-        return _format_float(value, spec)
+        return _pad(_format_float(value, spec), spec, True)
     if kind is RequestURL:
-        text = str(value)
-        return _format_str(text, spec) if verb in ("s", "v", "q") else _bad_verb(value, verb)
+        # A fmt.Stringer: the string verbs format its String().
+        if verb in ("s", "v", "q", "x", "X"):
+            return _pad(_format_str(str(value), spec), spec, False)
+        return _bad_verb(value, verb)
     as_map = _known_as_map(value)
     if as_map is not None:
         value = as_map
@@ -682,13 +687,13 @@ def _format_one(value: Any, spec: _Verb, depth: int = 0) -> str:
     return _go_known(value, depth) if verb in ("s", "v") else _bad_verb(value, verb)
 
 
-def _pad(text: str, spec: _Verb) -> str:
+def _pad(text: str, spec: _Verb, numeric: bool) -> str:
     width = spec.width
-    if width is None or len(text) >= width:
+    if width is None or len(text) >= width or text.startswith("%!"):
         return text
     if "-" in spec.flags:
         return text.ljust(width)
-    if "0" in spec.flags and spec.verb in _NUMERIC_VERBS and spec.verb not in "qcvt":
+    if "0" in spec.flags and numeric:
         sign = text[0] if text[:1] in ("-", "+", " ") else ""
         return sign + text[len(sign) :].rjust(width - len(sign), "0")
     return text.rjust(width)
@@ -708,7 +713,7 @@ def _sprintf(pieces: tuple[str | _Verb, ...], args: Sequence[Any]) -> str:
             out.append(f"%!{piece.verb}(MISSING)")
         else:
             try:
-                out.append(_pad(_format_one(args[index], piece), piece))
+                out.append(_format_one(args[index], piece))
             except _Absent:
                 pass
             index += 1
