@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote_plus
 
@@ -994,6 +995,13 @@ class _Kind:
 
 _DYNAMIC = _Kind("data")
 _LEAF = _Kind("value")
+_STR = _Kind("string")
+_PLAIN = (_LEAF, _STR)
+# Functions whose result is always a string: printing it again is skipped.
+_STR_FUNCTIONS = frozenset(
+    "print printIndex printf urlquery lower upper trim trimPrefix trimSuffix replace join"
+    " quote squote toJson toString b64enc".split()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1001,6 +1009,8 @@ class _Member:
     fn: Callable[..., Any]
     arity: int
     result: object
+    # The Python attribute behind a plain field, for one attrgetter over a whole chain.
+    attr: str | None = None
 
 
 def _string_arg(method: Callable[[Any, str], Any]) -> Callable[[Any, Any], Any]:
@@ -1009,39 +1019,41 @@ def _string_arg(method: Callable[[Any, str], Any]) -> Callable[[Any, Any], Any]:
 
 _TABLES: dict[type, dict[str, _Member]] = {
     TemplateContext: {
-        "Subject": _Member(lambda o: o.subject, 0, _LEAF),
-        "Extra": _Member(lambda o: o.extra, 0, _DYNAMIC),
+        "Subject": _Member(lambda o: o.subject, 0, _STR, "subject"),
+        "Extra": _Member(lambda o: o.extra, 0, _DYNAMIC, "extra"),
         "Header": _Member(lambda o: HeaderView(o.header), 0, HeaderView),
-        "MatchContext": _Member(lambda o: o.match, 0, MatchContext),
+        "MatchContext": _Member(lambda o: o.match, 0, MatchContext, "match"),
     },
     MatchContext: {
-        "RegexpCaptureGroups": _Member(lambda o: o.regexp_capture_groups, 0, _LEAF),
-        "URL": _Member(lambda o: o.url, 0, RequestURL),
-        "Method": _Member(lambda o: o.method, 0, _LEAF),
+        "RegexpCaptureGroups": _Member(
+            lambda o: o.regexp_capture_groups, 0, _LEAF, "regexp_capture_groups"
+        ),
+        "URL": _Member(lambda o: o.url, 0, RequestURL, "url"),
+        "Method": _Member(lambda o: o.method, 0, _STR, "method"),
         "Header": _Member(lambda o: HeaderView(o.header), 0, HeaderView),
     },
     RequestURL: {
-        "Scheme": _Member(lambda o: o.scheme, 0, _LEAF),
-        "Opaque": _Member(lambda o: "", 0, _LEAF),
-        "Host": _Member(lambda o: o.host, 0, _LEAF),
-        "Path": _Member(lambda o: o.path, 0, _LEAF),
-        "RawPath": _Member(lambda o: o.raw_path, 0, _LEAF),
-        "RawQuery": _Member(lambda o: o.raw_query, 0, _LEAF),
-        "Fragment": _Member(lambda o: o.fragment, 0, _LEAF),
+        "Scheme": _Member(lambda o: o.scheme, 0, _STR, "scheme"),
+        "Opaque": _Member(lambda o: "", 0, _STR),
+        "Host": _Member(lambda o: o.host, 0, _STR, "host"),
+        "Path": _Member(lambda o: o.path, 0, _STR, "path"),
+        "RawPath": _Member(lambda o: o.raw_path, 0, _STR, "raw_path"),
+        "RawQuery": _Member(lambda o: o.raw_query, 0, _STR, "raw_query"),
+        "Fragment": _Member(lambda o: o.fragment, 0, _STR, "fragment"),
         "Query": _Member(lambda o: o.query(), 0, QueryValues),
-        "Hostname": _Member(lambda o: o.hostname(), 0, _LEAF),
-        "Port": _Member(lambda o: o.port(), 0, _LEAF),
-        "EscapedPath": _Member(lambda o: o.escaped_path(), 0, _LEAF),
-        "RequestURI": _Member(lambda o: o.request_uri(), 0, _LEAF),
-        "String": _Member(str, 0, _LEAF),
+        "Hostname": _Member(lambda o: o.hostname(), 0, _STR),
+        "Port": _Member(lambda o: o.port(), 0, _STR),
+        "EscapedPath": _Member(lambda o: o.escaped_path(), 0, _STR),
+        "RequestURI": _Member(lambda o: o.request_uri(), 0, _STR),
+        "String": _Member(str, 0, _STR),
         "IsAbs": _Member(lambda o: bool(o.scheme), 0, _LEAF),
     },
     HeaderView: {
-        "Get": _Member(_string_arg(HeaderView.get), 1, _LEAF),
+        "Get": _Member(_string_arg(HeaderView.get), 1, _STR),
         "Values": _Member(_string_arg(HeaderView.values), 1, _LEAF),
     },
     QueryValues: {
-        "Get": _Member(_string_arg(QueryValues.get), 1, _LEAF),
+        "Get": _Member(_string_arg(QueryValues.get), 1, _STR),
         "Has": _Member(_string_arg(QueryValues.has), 1, _LEAF),
     },
 }
@@ -1303,12 +1315,13 @@ class _State:
     def __init__(self, root: TemplateContext, slots: int, limit: int) -> None:
         self.root = root
         self.dot: Any = root
-        self.vars: list[Any] = [None] * slots
+        self.vars: list[Any] = [None] * slots if slots else _NO_VARS
         self.steps = 0
         self.size = 0
         self.limit = limit
 
 
+_NO_VARS: list[Any] = []
 _Run = Callable[[_State], Any]
 _Piped = Callable[[_State, Any], Any]
 _Part = str | Callable[[_State], str]
@@ -1483,7 +1496,7 @@ class _Compiler:
             raise self.src.error("template nested too deeply", pos)
 
     def action(self, cur: _Cursor) -> _Part:
-        decl, run, _ = self.pipeline(cur)
+        decl, run, static = self.pipeline(cur)
         cur.expect_end("action")
         if decl:
             return self.bind(decl, run)
@@ -1491,6 +1504,8 @@ class _Compiler:
             if self.json_state == _JSON_IN_ESCAPE:
                 self.json_mixed = True
             return lambda st: _json_inner(_output(run(st)))
+        if static is _STR:
+            return run
         return lambda st: _output(run(st))
 
     def bind(self, decl: list[tuple[str, bool, int]], run: _Run) -> _Part:
@@ -1780,6 +1795,10 @@ class _Compiler:
         assert word.base is not None
         static = word.static
         getters: list[Callable[[Any], Any]] = []
+        # Plain fields from the root or dot: one C-level attrgetter for the leading run.
+        attrs: list[str] = []
+        prefix = "root" if word.base is _get_root else "dot" if word.base is _get_dot else None
+        collecting = prefix is not None
         for name in names:
             table = _TABLES.get(static) if isinstance(static, type) else None
             if table is not None:
@@ -1788,6 +1807,7 @@ class _Compiler:
                     if static in (HeaderView, QueryValues):
                         getters.append(_dynamic_field(name))
                         static = _LEAF
+                        collecting = False
                         continue
                     hint = _suggest(name, table)
                     raise self.src.error(
@@ -1797,26 +1817,38 @@ class _Compiler:
                     raise self.src.error(
                         f"{name} takes {member.arity} argument(s), given none", word.pos
                     )
+                if collecting and member.attr is not None:
+                    attrs.append(member.attr)
+                else:
+                    collecting = False
                 getters.append(member.fn)
                 static = member.result
-            elif static is _LEAF:
+            elif static in _PLAIN:
                 raise self.src.error(f'cannot take field "{name}" of a plain value', word.pos)
             else:
+                collecting = False
                 getters.append(_dynamic_field(name))
+        if attrs:
+            lead: _Run = attrgetter(".".join([prefix or "", *attrs]))
+            return _chain_getters(getters[len(attrs) :], lead), static
         return _chain_getters(getters, word.base), static
 
     def argument(self, word: _Word) -> _Run:
+        return self.typed_argument(word)[0]
+
+    def typed_argument(self, word: _Word) -> tuple[_Run, object]:
         if word.kind == "func":
             run: _Run = self.function(word.name, [], False, word.pos)
-            return run
+            return run, _STR if word.name in _STR_FUNCTIONS else _DYNAMIC
         if word.kind == "nil":
-            return _const(None)
-        return self.walk(word, word.chain)[0]
+            return _const(None), _LEAF
+        return self.walk(word, word.chain)
 
     def compile_command(self, words: list[_Word], piped: bool) -> tuple[Any, object]:
         first, args = words[0], words[1:]
         if first.kind == "func":
-            return self.function(first.name, args, piped, first.pos), _DYNAMIC
+            static = _STR if first.name in _STR_FUNCTIONS else _DYNAMIC
+            return self.function(first.name, args, piped, first.pos), static
         if first.kind == "nil":
             raise self.src.error("nil is not a command", first.pos)
         if not args and not piped:
@@ -1825,9 +1857,9 @@ class _Compiler:
             raise self.src.error(
                 "cannot give arguments to a value that is not a function", first.pos
             )
-        return self.method(first, [self.argument(a) for a in args], piped), _LEAF
+        return self.method(first, [self.argument(a) for a in args], piped)
 
-    def method(self, word: _Word, args: list[_Run], piped: bool) -> Any:
+    def method(self, word: _Word, args: list[_Run], piped: bool) -> tuple[Any, object]:
         name = word.chain[-1]
         base, static = self.walk(word, word.chain[:-1])
         count = len(args) + piped
@@ -1850,10 +1882,10 @@ class _Compiler:
                 raise self.src.error(
                     f"{name} takes {member.arity} argument(s), given {count}", word.pos
                 )
-            return _call(member.fn, [base, *args], piped)
-        if static is _LEAF:
+            return _call(member.fn, [base, *args], piped), member.result
+        if static in _PLAIN:
             raise self.src.error(f'cannot call "{name}" on a plain value', word.pos)
-        return _call(lambda obj, *a: _call_method(obj, name, a), [base, *args], piped)
+        return _call(lambda obj, *a: _call_method(obj, name, a), [base, *args], piped), _DYNAMIC
 
     def function(self, name: str, words: list[_Word], piped: bool, pos: int) -> Any:
         count = len(words) + piped
@@ -1864,6 +1896,10 @@ class _Compiler:
                 raise self.src.error(f"{name} takes at least 1 argument", pos)
             return _logic(name == "and", [self.argument(w) for w in words], piped)
         fn, fewest, most = _FUNCTIONS[name]
+        if name == "print" and count == 1 and not piped:
+            run, static = self.typed_argument(words[0])
+            if static is _STR:
+                return run
         if count < fewest or (most is not None and count > most):
             if name == "print":
                 raise self.src.error(
