@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
 from ory_wsgi.errors import ConfigError
+from ory_wsgi.rules import template as template_module
 from ory_wsgi.rules.template import (
     MAX_RANGE_STEPS,
     MatchContext,
@@ -597,8 +598,12 @@ def test_deep_data_prints_empty_instead_of_failing() -> None:
         node = child
     context = TemplateContext(extra=deep)
     assert compile_template("{{ .Extra }}").render(context) == ""
-    assert compile_template("{{ .Extra | toJson }}").render(context) == ""
+    assert compile_template('{{ printf "%v" .Extra }}').render(context) == ""
+    as_json = compile_template("{{ .Extra | toJson }}").render(context)
+    assert as_json == "" or json.loads(as_json) == deep
     assert compile_template("{{ .Extra.a.a.a | len }}").render(context) == "1"
+    node["x"] = 1.5  # floats take the slower path, which stops at 64 levels
+    assert compile_template("{{ .Extra | toJson }}").render(context) == ""
 
 
 JSON_LEAVES = (
@@ -729,3 +734,10 @@ def test_json_mode_prints_plain_values_exactly_as_without_it(value: str) -> None
     assert json.loads(safe)["a"] == value.encode("utf-16", "surrogatepass").decode(
         "utf-16", "replace"
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_DATA | st.lists(st.text(alphabet='<>&\u2028"\\\x00\ud800é', max_size=5)))
+def test_to_json_fast_path_writes_what_the_go_encoder_writes(value: object) -> None:
+    fast = template_module._to_json(value)
+    assert fast == template_module._go_json(value)

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from json import JSONEncoder
 from operator import attrgetter
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote_plus
@@ -379,34 +380,55 @@ def _output(value: Any) -> str:
 
 def _go_json(value: Any, depth: int = 0) -> str:
     """Go's encoding/json; raises _Absent where Go's Marshal fails (sprig then gives "")."""
-    if depth > _MAX_DEPTH:
-        raise _Absent
+    out: list[str] = []
+    _json_into(value, out, depth)
+    return "".join(out)
+
+
+def _sorted_keys(value: Mapping[Any, Any]) -> list[Any]:
+    try:
+        return sorted(value)
+    except TypeError:
+        return sorted(value, key=_sort_key)
+
+
+def _json_into(value: Any, out: list[str], depth: int) -> None:
     kind = type(value)
     if kind is str:
-        return _json_string(value)
-    if value is None:
-        return "null"
-    if kind is bool:
-        return "true" if value else "false"
-    if kind is int:
-        return str(value)
-    if kind is float:
+        out.append(_json_string(value))
+    elif value is None:
+        out.append("null")
+    elif kind is bool:
+        out.append("true" if value else "false")
+    elif kind is int:
+        out.append(str(value))
+    elif kind is float:
         if math.isnan(value) or math.isinf(value):
             raise _Absent
-        return _json_float(value)
-    if isinstance(value, Mapping):
-        items = sorted(value.items(), key=lambda kv: _sort_key(kv[0]))
-        return (
-            "{"
-            + ",".join(
-                f"{_json_string(k if isinstance(k, str) else _go_v(k))}:{_go_json(v, depth + 1)}"
-                for k, v in items
-            )
-            + "}"
-        )
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_go_json(item, depth + 1) for item in value) + "]"
-    return _json_known(value, depth)
+        out.append(_json_float(value))
+    elif depth >= _MAX_DEPTH:
+        raise _Absent
+    elif kind is dict or isinstance(value, Mapping):
+        out.append("{")
+        for i, key in enumerate(_sorted_keys(value)):
+            if i:
+                out.append(",")
+            out.append(_json_string(key if type(key) is str else _go_v(key)))
+            out.append(":")
+            _json_into(value[key], out, depth + 1)
+        out.append("}")
+    elif kind is list or kind is tuple:
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _json_into(item, out, depth + 1)
+        out.append("]")
+    else:
+        out.append(_json_known(value, depth))
+
+
+_JSON_PLAIN_RE = re.compile('[^"\\\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]*')
 
 
 def _json_known(value: Any, depth: int) -> str:
@@ -463,6 +485,9 @@ _JSON_ESCAPES = {
     "\n": "\\n",
     "\r": "\\r",
     "\t": "\\t",
+    # Go writes \b and \f short since 1.22, as Python does.
+    "\b": "\\b",
+    "\f": "\\f",
     "<": "\\u003c",
     ">": "\\u003e",
     "&": "\\u0026",
@@ -482,6 +507,8 @@ def _json_escape(match: re.Match[str]) -> str:
 
 
 def _json_string(text: str) -> str:
+    if _JSON_PLAIN_RE.fullmatch(text):
+        return '"' + text + '"'
     return '"' + _JSON_ESCAPE_RE.sub(_json_escape, text) + '"'
 
 
@@ -922,9 +949,38 @@ def _fn_squote(*values: Any) -> str:
 
 def _fn_to_json(value: Any) -> str:
     try:
-        return _go_json(value)
+        return _to_json(value)
     except _Absent:
         return ""
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError
+
+
+def _to_json(value: Any) -> str:
+    """`_go_json`, through the C encoder when its output is already Go's."""
+    try:
+        text = _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return _go_json(value)
+    # Python and Go write floats differently, and Go replaces lone surrogates. A
+    # float-like token inside a string only costs the slower path.
+    if _FLOAT_TOKEN_RE.search(text) or _SURROGATE_RE.search(text):
+        return _go_json(value)
+    return text.translate(_GO_JSON_ESCAPES)
+
+
+_ENCODER = JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False, default=_not_json
+)
+_FLOAT_TOKEN_RE = re.compile(
+    r"(?:^|[:,\[])-?[0-9]+(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)(?=[,\]}]|$)"
+)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_GO_JSON_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 
 def _strings(fn: Callable[..., Any]) -> Callable[..., Any]:
