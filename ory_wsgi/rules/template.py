@@ -16,7 +16,11 @@ rule files use, parsed once at load into closures, evaluated per request.
 - Values print as Go's fmt prints them (`[a b]`, `map[k:v]`, `1e+06`); `toJson` is
   Go's encoding/json (sorted keys, `<`, `>` and `&` escaped).
 
-docs/rules-templates.md is the reference for users.
+Handlers compile each template setting once when the rules load and render it per
+request: `compile_template(cfg["headers"]["X-User"], where='rule "r1" mutators[0]...')`,
+with `json=True` for id_token claims and remote_json payloads (see `compile_template`).
+`Template.constant` is set when the text has no actions. docs/rules-templates.md is
+the reference for users.
 """
 
 from __future__ import annotations
@@ -132,8 +136,9 @@ class TemplateContext:
     """Oathkeeper's `AuthenticationSession`, the data every template sees.
 
     Built once per request by the pipeline; nothing here is copied or converted
-    until a template reads it. `header` holds the headers set so far by the rule's
-    handlers (Oathkeeper's `.Header`); the request's are in `match.header`.
+    until a template reads it, so werkzeug's `EnvironHeaders(environ)` (lazy) is the
+    cheap `match.header`. `header` holds the headers set so far by the rule's
+    handlers (Oathkeeper's `.Header`). `extra` is the authenticator's session data.
     """
 
     subject: str = ""
@@ -208,7 +213,7 @@ def _canonical_header_key(key: str) -> str:
 
 
 class _Absent(Exception):
-    """Data too deep to print: the value counts as absent."""
+    """Data too deep to print, or not expressible in JSON: the value counts as absent."""
 
 
 def _shortest(value: float) -> tuple[str, str, int]:
