@@ -12,7 +12,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from werkzeug.datastructures import Headers
+from werkzeug.datastructures import EnvironHeaders, Headers
 
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.rules import template as template_module
@@ -741,3 +741,51 @@ def test_json_mode_prints_plain_values_exactly_as_without_it(value: str) -> None
 def test_to_json_fast_path_writes_what_the_go_encoder_writes(value: object) -> None:
     fast = template_module._to_json(value)
     assert fast == template_module._go_json(value)
+
+
+def test_request_headers_straight_from_the_wsgi_environ() -> None:
+    environ = {"HTTP_X_API_KEY": "k1", "HTTP_AUTHORIZATION": "Bearer t", "CONTENT_TYPE": "a/b"}
+    context = TemplateContext(match=MatchContext(header=EnvironHeaders(environ)))
+    assert render('{{ .MatchContext.Header.Get "x-api-key" }}', context) == "k1"
+    assert render("{{ .MatchContext.Header | toJson }}", context) == (
+        '{"Authorization":["Bearer t"],"Content-Type":["a/b"],"X-Api-Key":["k1"]}'
+    )
+
+
+# werkzeug refuses line breaks in header values itself.
+HEADER_TEXT = st.text(st.characters(blacklist_characters="\r\n"), max_size=8)
+HEADER_TEMPLATES = [
+    compile_template(source)
+    for source in (
+        "{{ .MatchContext.Header }}",
+        "{{ .MatchContext.Header | toJson }}",
+        '{{ .MatchContext.Header.Get "a" }}{{ .MatchContext.Header.Values "b" }}',
+        "{{ .MatchContext.URL }}|{{ .MatchContext.URL.Query }}|{{ .MatchContext.URL.Hostname }}",
+        '{{ .MatchContext.URL.Query.Get "a" }}{{ .MatchContext.URL | toJson }}',
+        "{{ range $k, $v := .MatchContext.Header }}{{ $k }}{{ $v }}{{ end }}",
+        '{{ printf "%v %s %q" .MatchContext .MatchContext.URL .MatchContext.Header }}',
+        "{{ . | toJson }}{{ . }}",
+    )
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.lists(st.tuples(HEADER_TEXT.filter(bool), HEADER_TEXT), max_size=4),
+    host=st.text(max_size=12),
+    path=st.text(max_size=12),
+    raw_query=st.text(max_size=20),
+    groups=st.lists(st.text(max_size=5), max_size=3),
+)
+def test_rendering_never_raises_on_arbitrary_request_data(
+    headers: list[tuple[str, str]], host: str, path: str, raw_query: str, groups: list[str]
+) -> None:
+    match = MatchContext(
+        regexp_capture_groups=tuple(groups),
+        url=RequestURL("https", host, path, raw_query),
+        method="GET",
+        header=Headers(headers),
+    )
+    context = TemplateContext(subject="s", header=Headers(headers), match=match)
+    for template in HEADER_TEMPLATES:
+        assert isinstance(template.render(context), str)
