@@ -383,6 +383,12 @@ def test_refused_forms_name_the_rule_the_problem_and_the_column(
     assert isinstance(caught.value, ConfigError)
 
 
+@pytest.mark.parametrize("value", [5, None, ["a"], {"a": 1}, True])
+def test_a_template_that_is_not_text_is_refused(value: object) -> None:
+    with pytest.raises(TemplateError, match=r"^rule r1 headers\.X: must be a string, not "):
+        compile_template(value, where="rule r1 headers.X")  # type: ignore[arg-type]
+
+
 def test_error_without_where_says_template() -> None:
     with pytest.raises(TemplateError, match=r"^template: unsupported function"):
         compile_template("{{ nope }}")

@@ -2086,6 +2086,9 @@ def compile_template(
     the text inside and outside a string differently, the template is compiled as
     without `json` (Oathkeeper's behaviour).
     """
+    if not isinstance(text, str):
+        # A YAML rule file turns `X-Count: 5` into a number.
+        raise TemplateError(f"{where or 'template'}: must be a string, not {type(text).__name__}")
     src = _Source(text, where)
     compiler = _Compiler(src, json)
     parts, term = compiler.parse_list()
