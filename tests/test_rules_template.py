@@ -329,6 +329,8 @@ REFUSED = [
     ('{{ .MatchContext.Header.Get "a" "b" }}', "Get takes 1 argument(s), given 2", "column 4"),
     ('{{ .Subject "x" }}', '"Subject" is a field, not a method', "column 4"),
     ('{{ "x" "y" }}', "cannot give arguments to a value that is not a function", "column 4"),
+    ('{{ .MatchContext.Header.Foo "x" }}', '"Foo" is a key, not a method', "column 4"),
+    ('{{ .MatchContext.Nope "x" }}', 'unknown field "Nope" of .MatchContext', "column 4"),
     ("{{ .Subject | .Extra }}", '"Extra" is a field, not a method', "column 15"),
     ("{{ printf .Subject }}", "printf needs a quoted string as its format", "column 4"),
     ('{{ printf "%[1]s" .Subject }}', "argument indexes", "column 11"),

@@ -1927,18 +1927,15 @@ class _Compiler:
         table = _TABLES.get(static) if isinstance(static, type) else None
         if table is not None:
             member = table.get(name)
-            if member is None or not member.arity:
-                what = (
-                    "field"
-                    if member is not None or static not in (HeaderView, QueryValues)
-                    else "key"
+            if member is None and static in (HeaderView, QueryValues):
+                raise self.src.error(f'"{name}" is a key, not a method', word.pos)
+            if member is None:
+                hint = _suggest(name, table)
+                raise self.src.error(
+                    f'unknown field "{name}" of {_TYPE_NAMES[static]}{hint}', word.pos
                 )
-                if member is None and static not in (HeaderView, QueryValues):
-                    hint = _suggest(name, table)
-                    raise self.src.error(
-                        f'unknown field "{name}" of {_TYPE_NAMES[static]}{hint}', word.pos
-                    )
-                raise self.src.error(f'"{name}" is a {what}, not a method', word.pos)
+            if not member.arity:
+                raise self.src.error(f'"{name}" is a field, not a method', word.pos)
             if member.arity != count:
                 raise self.src.error(
                     f"{name} takes {member.arity} argument(s), given {count}", word.pos
