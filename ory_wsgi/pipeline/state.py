@@ -1,0 +1,77 @@
+"""The request as the pipeline sees it, and what the pipeline learns about it.
+
+`RequestFacts` is built once per request by a mode adapter (proxy, decisions,
+embedded) from what that mode trusts: the raw request target (never a client
+header), the peer, and for the decisions endpoint the trusted X-Forwarded-*.
+`AuthSession` is Oathkeeper's AuthenticationSession: what the authenticators
+found (subject, extra) and what the mutators want the upstream to receive.
+`RequestState` is the one typed object the adapters leave in
+`environ["ory.state"]` for the layers outside (access log, metrics) and apps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ory_wsgi.paths import NormalisedPath
+from ory_wsgi.rules.template import HeaderSource, MatchContext
+
+STATE_KEY = "ory.state"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """One request, read once: what every handler may look at.
+
+    `method` is the request's own method; `methods` adds any method it claims
+    through an override header (a method-limited rule must see both). `path`
+    is the normalised path (its `views` are the readings rules are judged on);
+    `target` is what is forwarded (normalised path + query). `headers` is a
+    lazy view (werkzeug's EnvironHeaders) of the request headers, after the
+    adapter removed the ones a client may not send. `environ` is the WSGI
+    environ for handlers that need the whoami credentials from it.
+    """
+
+    method: str
+    methods: tuple[str, ...]
+    scheme: str
+    host: str
+    path: NormalisedPath
+    query: str
+    target: str
+    headers: HeaderSource
+    remote_addr: str
+    request_id: str
+    environ: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class AuthSession:
+    """What the rule's handlers learn and decide for one request (not shared across threads).
+
+    `ory_session` is Kratos' whoami JSON when a session authenticator accepted
+    the request. `header` and `cookies` are what the mutators set on the
+    upstream request (the id_token's `Authorization`, `X-User-Id`, ...).
+    """
+
+    match: MatchContext
+    subject: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    ory_session: dict[str, Any] | None = None
+    header: dict[str, str] = field(default_factory=dict)
+    cookies: dict[str, str] = field(default_factory=dict)
+    authenticator: str = ""
+
+
+@dataclass(slots=True)
+class RequestState:
+    """`environ["ory.state"]`: the decision taken and why, for logs, metrics and apps."""
+
+    rule_id: str = ""
+    decision: str = ""  # allow, deny, login, step_up, unavailable, ...
+    subject: str = ""
+    error: str = ""
+    upstream: str = ""
+    session: dict[str, Any] | None = None
