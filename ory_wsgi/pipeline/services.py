@@ -1,0 +1,36 @@
+"""What handlers share: built once in make_app (or the middleware), handed to every handler.
+
+Handler classes are constructed as `cls(services)`; they keep what they need
+from it. Nothing here is per request, and nothing is built twice: the Ory
+client, the session cache and the key set are the ones the rest of the
+process uses (the logout endpoint drops sessions from the same cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ory_wsgi.keys import KeySet
+from ory_wsgi.ory.cache import SessionCache
+from ory_wsgi.ory.client import OryClient
+from ory_wsgi.ory.rewrite import OryRewriter
+from ory_wsgi.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    """`keys` is None with `[jwt] enabled = false`; `client`/`cache` None without an Ory URL.
+
+    `public_url` is where users reach us (no trailing slash): login redirects and
+    `return_to` are built from it, never from Host. `rewriter` maps Ory's own URLs
+    in a session onto `<public_url>/.ory` (the JWT's session claim shows what the
+    browser sees).
+    """
+
+    settings: Settings
+    public_url: str
+    keys: KeySet | None
+    client: OryClient | None
+    cache: SessionCache | None
+    cookie_names: frozenset[str]
+    rewriter: OryRewriter | None = None
