@@ -119,6 +119,7 @@ class AccessRulesSettings:
     repositories: tuple[str, ...] = ()  # absolute paths, file://, inline://, http(s)://
     matching_strategy: str = "regexp"
     default_rule: str = ""
+    no_match_status: int = 404  # or 403; the decisions endpoint always answers 403
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,26 @@ class Rule:
     regex: str = ""
     methods: tuple[str, ...] = ()
     aal: str = ""
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """`[authenticators.<name>]` (and authorizers, mutators, errors.handlers): global config.
+
+    A rule may use a handler only when it is `enabled` (as in Oathkeeper); a
+    rule's own `config` is merged key by key over this `config`.
+    """
+
+    enabled: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ErrorsSettings:
+    """`[errors]`: the error handlers used when a rule names none, and their global config."""
+
+    fallback: tuple[str, ...] = ("json",)
+    handlers: Mapping[str, HandlerSettings] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,10 @@ class Settings:
     protect: tuple[Rule, ...] = ()
     public: tuple[Rule, ...] = ()
     rule: tuple[AccessRule, ...] = ()  # `[[rule]]` tables: access rules in ory.toml
+    authenticators: Mapping[str, HandlerSettings] = field(default_factory=dict)
+    authorizers: Mapping[str, HandlerSettings] = field(default_factory=dict)
+    mutators: Mapping[str, HandlerSettings] = field(default_factory=dict)
+    errors: ErrorsSettings = field(default_factory=ErrorsSettings)
 
     @property
     def ory_url(self) -> str:
@@ -161,9 +186,14 @@ class Settings:
 SECTIONS: dict[str, type[Any]] = {
     f.name: f.default_factory  # type: ignore[misc]
     for f in dataclasses.fields(Settings)
-    if f.name not in ("protect", "public", "rule")
+    if f.name
+    not in ("protect", "public", "rule", "authenticators", "authorizers", "mutators", "errors")
 }
 RULE_LISTS = ("protect", "public")
+# Pipeline handler tables (SPEC §16): tables of tables, kept whole per handler name.
+HANDLER_KINDS = ("authenticators", "authorizers", "mutators")
+HANDLER_SECTIONS = (*HANDLER_KINDS, "errors")
+HANDLER_KEYS = ("enabled", "config")
 ACCESS_RULES = "rule"  # `[[rule]]`: parsed by ory_wsgi.rules.loader
 RULE_KEYS = tuple(f.name for f in dataclasses.fields(Rule))
 # ORY_WSGI_<SECTION>_<KEY> -> (section, key)
@@ -220,10 +250,19 @@ def load_settings(
     merged: Layer = {}
     rules: dict[str, Any] = {}
     access_rules: tuple[AccessRule, ...] | None = None
+    handlers: dict[str, dict[str, tuple[str, Any]]] = {}
     for source, layer in layers:
         for name in RULE_LISTS:
             if name in layer:
                 rules[name] = (source, layer.pop(name))
+        for name in HANDLER_SECTIONS:
+            if name in layer:
+                table: Any = layer.pop(name)
+                if not isinstance(table, Mapping):
+                    raise ConfigError(f"{source}: [{name}] must be a table, got {table!r}")
+                # A higher layer replaces a handler's whole table, never half of it.
+                for key, value in table.items():
+                    handlers.setdefault(name, {})[key] = (source, value)
         if ACCESS_RULES in layer:
             from_file = path is not None and source == str(path)
             directory = os.path.dirname(os.path.abspath(source)) if from_file else ""
@@ -244,7 +283,54 @@ def load_settings(
     settings = _build(merged, rules)
     if access_rules is not None:
         settings = dataclasses.replace(settings, rule=access_rules)
+    if handlers:
+        settings = dataclasses.replace(settings, **_build_handler_sections(handlers))
     return settings
+
+
+def _build_handler_sections(raw: Mapping[str, Mapping[str, tuple[str, Any]]]) -> dict[str, Any]:
+    """`[authenticators.<name>]`, `[authorizers.<name>]`, `[mutators.<name>]`, `[errors]`."""
+    built: dict[str, Any] = {}
+    for kind in HANDLER_KINDS:
+        if kind in raw:
+            built[kind] = {
+                name: _handler_settings(f"{source}: [{kind}.{name}]", value)
+                for name, (source, value) in raw[kind].items()
+            }
+    if "errors" in raw:
+        fallback: tuple[str, ...] = ("json",)
+        tables: dict[str, HandlerSettings] = {}
+        for key, (source, value) in raw["errors"].items():
+            if key == "fallback":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{source}: [errors] fallback: expected a list of names")
+                fallback = tuple(value)
+            elif key == "handlers":
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{source}: [errors.handlers] must be a table")
+                for name, table in value.items():
+                    where = f"{source}: [errors.handlers.{name}]"
+                    tables[name] = _handler_settings(where, table)
+            else:
+                hint = _suggest(key, ["fallback", "handlers"])
+                raise ConfigError(f"{source}: unknown key [errors] {key}{hint}")
+        built["errors"] = ErrorsSettings(fallback=fallback, handlers=tables)
+    return built
+
+
+def _handler_settings(where: str, value: Any) -> HandlerSettings:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: must be a table with enabled and config, got {value!r}")
+    for key in value:
+        if key not in HANDLER_KEYS:
+            raise ConfigError(f"{where}: unknown key {key}{_suggest(key, list(HANDLER_KEYS))}")
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}: enabled: expected true or false, got {enabled!r}")
+    config = value.get("config", {})
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: config must be a table, got {config!r}")
+    return HandlerSettings(enabled=enabled, config=dict(config))
 
 
 def _set(values: Mapping[str, Value], key: str) -> bool:
@@ -268,6 +354,9 @@ def _read_toml(path: str) -> Layer:
             if not isinstance(values, list):
                 raise ConfigError(f"{path}: [[{section}]] must be an array of tables")
             layer[section] = values  # type: ignore[assignment]
+            continue
+        if section in HANDLER_SECTIONS:
+            layer[section] = values  # checked by _build_handler_sections
             continue
         if section not in SECTIONS:
             owners = _owners().get(section, [])
@@ -317,6 +406,8 @@ def _override_layer(overrides: Mapping[str, Any]) -> Layer:
             continue
         if key in (*RULE_LISTS, ACCESS_RULES):
             layer[key] = list(value)  # type: ignore[assignment]
+        elif key in HANDLER_SECTIONS:
+            layer[key] = value
         elif key in SECTIONS and isinstance(value, Mapping):
             for sub, sub_value in value.items():
                 source = f"override {key}.{sub}"
@@ -328,7 +419,9 @@ def _override_layer(overrides: Mapping[str, Any]) -> Layer:
             choices = " or ".join(f"{s}={{{key!r}: ...}}" for s in owners[key])
             raise ConfigError(f"overrides: {key} is ambiguous: pass {choices}")
         else:
-            known = sorted(owners) + sorted(SECTIONS) + [*RULE_LISTS, ACCESS_RULES]
+            known = (
+                sorted(owners) + sorted(SECTIONS) + [*RULE_LISTS, ACCESS_RULES, *HANDLER_SECTIONS]
+            )
             raise ConfigError(f"overrides: unknown setting {key}{_suggest(key, known)}")
     return layer
 
@@ -522,6 +615,8 @@ def _validate(settings: Settings, merged: Layer) -> None:
             f"{where('access_rules', 'matching_strategy')}: must be regexp or glob, got"
             f" {strategy!r}{_suggest(strategy, list(STRATEGIES))}"
         )
+    if settings.access_rules.no_match_status not in (403, 404):
+        raise ConfigError(f"{where('access_rules', 'no_match_status')}: must be 404 or 403")
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
     metrics_path = settings.metrics.path
@@ -568,7 +663,7 @@ def _check_origin(value: str, where: str, allow_path: bool = False) -> None:
 
 
 def _roots() -> list[str]:
-    return [*SECTIONS, *RULE_LISTS, ACCESS_RULES]
+    return [*SECTIONS, *RULE_LISTS, ACCESS_RULES, *HANDLER_SECTIONS]
 
 
 def _suggest(word: str, choices: list[str]) -> str:

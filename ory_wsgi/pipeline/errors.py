@@ -34,7 +34,9 @@ class DecisionError(Exception):
     """A refusal: `status`, `error_id`, a short `message`, extra `headers`, optional `body`.
 
     `body` (bytes), when set, is sent as it is with `content_type` (Kratos' own
-    401 body, a 303 with no body); otherwise the envelope is built from `message`.
+    401 body, a 303 with no body and no `content_type`); otherwise the envelope
+    is built from `message`. A status below 400 (a login redirect an
+    authenticator decided) is answered as it is: error handlers do not see it.
     `kind` is the `when.error` name (by status unless given).
     """
 
@@ -78,8 +80,8 @@ class DecisionError(Exception):
                 headers=self.headers,
                 force_json=self.force_json,
             )
-        headers = [
-            ("Content-Type", self.content_type),
+        headers = [("Content-Type", self.content_type)] if self.content_type else []
+        headers += [
             ("Content-Length", str(len(self.body))),
             ("Cache-Control", "no-store"),
             *self.headers,
