@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,55 @@ def test_the_rules_error_handlers_answer_first(ory: HTTPServer) -> None:
         "?return_to=https%3A%2F%2Fapp.example.com%2Fx%3Fy%3D1"
     )
     assert web.get("/x", headers={"Cookie": COOKIE}).status_code == 401
+
+
+def test_handler_tables_in_ory_toml(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "ory.toml",
+        """
+[authenticators.cookie_session]
+enabled = true
+config = { required_aal = "aal2" }
+[authorizers.deny]
+enabled = true
+[mutators.header]
+enabled = true
+config = { headers = { X-User = "{{ print .Subject }}" } }
+[errors]
+fallback = ["json", "redirect"]
+[errors.handlers.redirect]
+enabled = true
+config = { to = "https://app.example.com/login" }
+""",
+    )
+    settings = load_settings(config, env={})
+    assert settings.authenticators["cookie_session"] == HandlerSettings(
+        True, {"required_aal": "aal2"}
+    )
+    assert settings.authorizers["deny"].enabled
+    assert settings.mutators["header"].config == {"headers": {"X-User": "{{ print .Subject }}"}}
+    assert settings.errors.fallback == ("json", "redirect")
+    assert settings.errors.handlers["redirect"].config == {"to": "https://app.example.com/login"}
+    assert load_settings(env={}).errors.fallback == ("json",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[authenticators.anonymous]\nenabeld = true",
+            "unknown key enabeld (did you mean enabled?)",
+        ),
+        ('[authenticators.anonymous]\nenabled = "yes"', "enabled: expected true or false"),
+        ("[mutators.header]\nconfig = 3", "config must be a table"),
+        ("[errors]\nfallbak = []", "unknown key [errors] fallbak (did you mean fallback?)"),
+        ('[errors]\nfallback = "json"', "fallback: expected a list of names"),
+        ("authorizers = 1", "[authorizers] must be a table"),
+    ],
+)
+def test_handler_tables_refuse_mistakes_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    config = write_config(tmp_path / "ory.toml", text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(config, env={})
