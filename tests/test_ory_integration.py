@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import requests
 from joserfc import jwt
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
+from servers import ThreadedServer
+from upstream_app import app as upstream_wsgi
 
+from ory_wsgi import OryMiddleware
+from ory_wsgi.ory.cookies import MAX_CREDENTIAL_BYTES
 from ory_wsgi.testing import FakeKratos
+
+MODES = ("proxy", "decisions", "embedded")
+MEMBERS = '[[protect]]\nprefix = "/members"\n'
 
 
 def test_anonymous_request_asks_ory_nothing_and_carries_no_authorization(
@@ -68,6 +77,22 @@ def test_ory_bound_requests_strip_the_prefix_and_send_no_app_cookies(
     assert headers["ory-base-url-rewrite"] == f"{proxy.url}/.ory"
     assert headers["ory-no-custom-domain-redirect"] == "true"
     assert fake_ory.whoami_calls == 0
+
+
+def test_ory_bound_requests_match_ory_cookies_on_the_whole_name(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy('session_cookie = "sid"\n')
+    fake_ory.reset_counters()
+    cookie = (
+        "sidebar=open; sid=s; theme=dark; csrf_token_ab=c; ory_big="
+        + "x" * 6000
+        + "; __Host-ory_h=h; ory_kratos_session=k"
+    )
+    requests.get(f"{proxy.url}/.ory/health/alive", headers={"Cookie": cookie}, timeout=5)
+    logged = fake_ory.request_log[-1]
+    headers = {k.lower(): v for k, v in dict(logged.headers).items()}
+    assert headers["cookie"] == "sid=s; csrf_token_ab=c; __Host-ory_h=h; ory_kratos_session=k"
 
 
 def test_ory_admin_api_is_not_proxied(start_ory_proxy: Start) -> None:
@@ -185,3 +210,74 @@ def test_no_jwt_setting_strips_authorization_and_mints_nothing(
     answer = requests.get(f"{proxy.url}/x", headers={"X-Session-Token": token}, timeout=5)
     assert "Authorization" not in answer.json()["headers"]
     assert requests.get(f"{proxy.url}/.ory/proxy/jwks.json", timeout=5).status_code == 404
+
+
+# --- a client cannot make Ory "unavailable" for everyone ----------------------------
+
+
+@pytest.fixture
+def members_url(start_ory_proxy: Start, fake_ory: FakeKratos) -> Iterator[Callable[[str], str]]:
+    """members_url(mode) -> the URL that judges `/members` (protected) in that mode."""
+    servers: list[ThreadedServer] = []
+
+    def url(mode: str) -> str:
+        if mode == "embedded":
+            app = OryMiddleware(
+                upstream_wsgi,
+                sdk_url=fake_ory.url,
+                public_url="https://app.example.com",
+                protect=[{"prefix": "/members"}],
+            )
+            servers.append(ThreadedServer(app))
+            return servers[-1].url + "/members"
+        proxy = start_ory_proxy(MEMBERS + "[decisions]\nenabled = true\n")
+        if mode == "decisions":
+            return proxy.url + "/.ory/proxy/decisions/members"
+        return proxy.url + "/members"
+
+    yield url
+    for server in servers:
+        server.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_credentials_ory_refuses_never_make_ory_unavailable_for_others(
+    mode: str, members_url: Callable[[str], str], fake_ory: FakeKratos
+) -> None:
+    url = members_url(mode)
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    for status in (400, 403, 404, 413, 431):
+        fake_ory.fail_whoami(status, times=3)
+        for attempt in range(3):
+            forged = {"X-Session-Token": f"ory_st_%%{status}-{attempt}", "Accept": "*/*"}
+            refused = requests.get(url, headers=forged, allow_redirects=False, timeout=5)
+            assert refused.status_code == 401, (status, refused.text)
+    calls = fake_ory.whoami_calls
+    assert calls == 15
+    answer = requests.get(url, headers={"X-Session-Token": token}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    assert fake_ory.whoami_calls == calls + 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"Cookie": "ory_kratos_session=" + "a" * 6000},
+        {"Cookie": "; ".join(f"ory_kratos_session=s{n}" for n in range(600))[:8000]},
+        {"X-Session-Token": "ory_st_" + "a" * 6000},
+        {"Authorization": "Bearer " + "a" * 8000},
+    ],
+    ids=["huge-cookie", "many-cookies", "huge-token", "huge-bearer"],
+)
+def test_oversized_credentials_never_reach_ory(
+    mode: str, forged: dict[str, str], members_url: Callable[[str], str], fake_ory: FakeKratos
+) -> None:
+    url = members_url(mode)
+    fake_ory.reset_counters()
+    answer = requests.get(url, headers={**forged, "Accept": "*/*"}, timeout=5)
+    assert answer.status_code == 401
+    for logged in fake_ory.request_log:
+        sizes = [len(value) for _, value in logged.headers.items()]
+        assert max(sizes) < MAX_CREDENTIAL_BYTES + 64, logged.path
