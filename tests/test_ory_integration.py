@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
+from client_claims import CLIENT_IP_CLAIMS, IDENTITY_CLAIMS, claims_in
 from joserfc import jwt
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
-from servers import ThreadedServer
+from servers import Gunicorn, ThreadedServer
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import OryMiddleware
@@ -19,6 +21,7 @@ from ory_wsgi.testing import FakeKratos
 
 MODES = ("proxy", "decisions", "embedded")
 MEMBERS = '[[protect]]\nprefix = "/members"\n'
+PUBLIC = "https://app.example.com"
 
 
 def test_anonymous_request_asks_ory_nothing_and_carries_no_authorization(
@@ -215,25 +218,39 @@ def test_no_jwt_setting_strips_authorization_and_mints_nothing(
 # --- a client cannot make Ory "unavailable" for everyone ----------------------------
 
 
+Serve = Callable[..., str]
+
+
 @pytest.fixture
-def members_url(start_ory_proxy: Start, fake_ory: FakeKratos) -> Iterator[Callable[[str], str]]:
-    """members_url(mode) -> the URL that judges `/members` (protected) in that mode."""
+def serve(
+    start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
+) -> Iterator[Serve]:
+    """serve(mode, trusted=False) -> the base URL under which `/members` (protected) is judged.
+
+    proxy: the proxy under gunicorn; decisions: its forward-auth endpoint;
+    embedded: the test upstream's app in OryMiddleware. `trusted`: loopback
+    is in `[proxy] trusted_proxies`.
+    """
     servers: list[ThreadedServer] = []
 
-    def url(mode: str) -> str:
+    def url(mode: str, trusted: bool = False) -> str:
+        trusted_proxies = ["127.0.0.0/8"] if trusted else []
         if mode == "embedded":
             app = OryMiddleware(
                 upstream_wsgi,
                 sdk_url=fake_ory.url,
-                public_url="https://app.example.com",
+                public_url=PUBLIC,
                 protect=[{"prefix": "/members"}],
+                trusted_proxies=trusted_proxies,
             )
             servers.append(ThreadedServer(app))
-            return servers[-1].url + "/members"
-        proxy = start_ory_proxy(MEMBERS + "[decisions]\nenabled = true\n")
-        if mode == "decisions":
-            return proxy.url + "/.ory/proxy/decisions/members"
-        return proxy.url + "/members"
+            return servers[-1].url
+        proxy = start_proxy(
+            f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
+            f"trusted_proxies = {json.dumps(trusted_proxies)}\n"
+            f'[ory]\nsdk_url = "{fake_ory.url}"\n[decisions]\nenabled = true\n{MEMBERS}'
+        )
+        return proxy.url + ("/.ory/proxy/decisions" if mode == "decisions" else "")
 
     yield url
     for server in servers:
@@ -242,9 +259,9 @@ def members_url(start_ory_proxy: Start, fake_ory: FakeKratos) -> Iterator[Callab
 
 @pytest.mark.parametrize("mode", MODES)
 def test_credentials_ory_refuses_never_make_ory_unavailable_for_others(
-    mode: str, members_url: Callable[[str], str], fake_ory: FakeKratos
+    mode: str, serve: Serve, fake_ory: FakeKratos
 ) -> None:
-    url = members_url(mode)
+    url = serve(mode) + "/members"
     identity = fake_ory.add_identity("ada@example.com", PASSWORD)
     _, token = fake_ory.create_session(identity["id"])
     for status in (400, 403, 404, 413, 431):
@@ -272,12 +289,64 @@ def test_credentials_ory_refuses_never_make_ory_unavailable_for_others(
     ids=["huge-cookie", "many-cookies", "huge-token", "huge-bearer"],
 )
 def test_oversized_credentials_never_reach_ory(
-    mode: str, forged: dict[str, str], members_url: Callable[[str], str], fake_ory: FakeKratos
+    mode: str, forged: dict[str, str], serve: Serve, fake_ory: FakeKratos
 ) -> None:
-    url = members_url(mode)
+    url = serve(mode) + "/members"
     fake_ory.reset_counters()
     answer = requests.get(url, headers={**forged, "Accept": "*/*"}, timeout=5)
     assert answer.status_code == 401
     for logged in fake_ory.request_log:
         sizes = [len(value) for _, value in logged.headers.items()]
         assert max(sizes) < MAX_CREDENTIAL_BYTES + 64, logged.path
+
+
+# --- client claims of identity and address ----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["proxy", "embedded"])
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+def test_client_claims_reach_the_app_only_as_trust_allows(
+    mode: str, trusted: bool, serve: Serve, fake_ory: FakeKratos
+) -> None:
+    base = serve(mode, trusted)
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    expected = {name.lower() for name in CLIENT_IP_CLAIMS} if trusted else set()
+    for path, credentials in (("/page", {}), ("/members", {"X-Session-Token": token})):
+        sent = {**IDENTITY_CLAIMS, **CLIENT_IP_CLAIMS, **credentials, "X-Kept": "1"}
+        answer = requests.get(base + path, headers=sent, timeout=5)
+        assert answer.status_code == 200, answer.text
+        seen = answer.json()["headers"]
+        assert claims_in(seen) == expected, path
+        assert {name.lower() for name in seen} >= {"x-kept"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_client_claims_never_reach_ory(mode: str, serve: Serve, fake_ory: FakeKratos) -> None:
+    base = serve(mode)
+    root = base.removesuffix("/.ory/proxy/decisions")
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    fake_ory.reset_counters()
+    claims = {**IDENTITY_CLAIMS, **CLIENT_IP_CLAIMS}
+    judged = requests.get(
+        base + "/members", headers={**claims, "X-Session-Token": token}, timeout=5
+    )
+    assert judged.status_code == 200
+    requests.get(root + "/.ory/health/alive", headers=claims, timeout=5)
+    paths = [logged.path for logged in fake_ory.request_log]
+    assert paths == ["/sessions/whoami", "/health/alive"]
+    for logged in fake_ory.request_log:
+        assert claims_in(logged.headers) == set(), logged.path
+
+
+@pytest.mark.parametrize("mode", ["proxy", "embedded"])
+def test_client_ip_claims_from_a_trusted_peer_reach_ory_flows(
+    mode: str, serve: Serve, fake_ory: FakeKratos
+) -> None:
+    root = serve(mode, True)
+    fake_ory.reset_counters()
+    sent = {**IDENTITY_CLAIMS, **CLIENT_IP_CLAIMS}
+    requests.get(root + "/.ory/health/alive", headers=sent, timeout=5)
+    (logged,) = fake_ory.request_log
+    assert claims_in(logged.headers) == {name.lower() for name in CLIENT_IP_CLAIMS}
