@@ -545,6 +545,39 @@ def test_logout_url_points_through_the_proxy(ory: HTTPServer) -> None:
     assert request.headers["Ory-Base-URL-Rewrite-Token"] == "key-1"
 
 
+def test_logout_url_asks_ory_to_return_the_browser_to_the_given_url(
+    ory: HTTPServer, client: OryClient
+) -> None:
+    url = ory.url_for("/self-service/logout?token=t&return_to=https%3A%2F%2Fapp.example.com%2F")
+    ory.expect_request(
+        "/self-service/logout/browser", query_string={"return_to": "https://app.example.com/"}
+    ).respond_with_json({"logout_url": url})
+    assert client.logout_url(credentials(), "r", "https://app.example.com/") == url
+    (request,) = received(ory)
+    assert request.query_string == b"return_to=https%3A%2F%2Fapp.example.com%2F"
+
+
+def test_logout_return_to_refused_by_ory_is_dropped_with_a_warning(
+    ory: HTTPServer, client: OryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = ory.url_for("/self-service/logout?token=t")
+
+    def answer(request: Request) -> Response:
+        if request.args.get("return_to"):
+            body = {"error": {"id": "self_service_flow_return_to_forbidden", "code": 400}}
+            return Response(json.dumps(body), status=400, content_type="application/json")
+        return Response(json.dumps({"logout_url": url}), content_type="application/json")
+
+    ory.expect_request("/self-service/logout/browser").respond_with_handler(answer)
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        assert client.logout_url(credentials(), "r", "https://app.example.com/") == url
+    assert [r.query_string for r in received(ory)] == [
+        b"return_to=https%3A%2F%2Fapp.example.com%2F",
+        b"",
+    ]
+    assert any("allowed_return_urls" in r.getMessage() for r in caplog.records)
+
+
 def test_logout_url_is_none_without_session(ory: HTTPServer, client: OryClient) -> None:
     envelope = {"error": {"id": "session_inactive", "code": 401, "message": "x"}}
     ory.expect_request("/self-service/logout/browser").respond_with_json(envelope, status=401)

@@ -12,7 +12,7 @@ import requests
 from client_claims import CLIENT_IP_CLAIMS, IDENTITY_CLAIMS, claims_in
 from joserfc import jwt
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
-from servers import Gunicorn, ThreadedServer
+from servers import Gunicorn, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import OryMiddleware
@@ -199,6 +199,49 @@ def test_logout_link_ends_the_session(start_ory_proxy: Start, fake_ory: FakeKrat
     out = browser.get(f"{proxy.url}/.ory/proxy/logout", allow_redirects=False, timeout=5)
     assert out.status_code == 303
     assert out.headers["Location"].startswith(f"{proxy.url}/.ory/self-service/logout?token=")
+    browser.get(out.headers["Location"], timeout=5)
+    assert "ory_kratos_session" not in browser.cookies
+    assert "Authorization" not in browser.get(f"{proxy.url}/x", timeout=5).json()["headers"]
+
+
+def test_logout_without_default_redirect_url_lands_on_the_public_root(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    browser = login(proxy, fake_ory)
+    landed = browser.get(f"{proxy.url}/.ory/proxy/logout", timeout=5)
+    assert landed.url == f"{proxy.url}/"
+    assert landed.json()["raw_uri"] == "/"  # the app's page, not Ory's welcome page
+    assert "ory_kratos_session" not in browser.cookies
+
+
+def test_logout_lands_on_default_redirect_url(
+    start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
+) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    target = f"{public}/dashboard?from=logout"
+    fake_ory.allowed_return_urls = [public]
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{public}"\n'
+        f'default_redirect_url = "{target}"\n[ory]\nsdk_url = "{fake_ory.url}"\n',
+        port=port,
+    )
+    browser = login(proxy, fake_ory)
+    landed = browser.get(f"{proxy.url}/.ory/proxy/logout", timeout=5)
+    assert landed.url == target
+    assert "ory_kratos_session" not in browser.cookies
+
+
+def test_logout_still_ends_the_session_when_ory_refuses_the_return_url(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy()
+    browser = login(proxy, fake_ory)
+    fake_ory.allowed_return_urls = ["https://elsewhere.example.com"]
+    out = browser.get(f"{proxy.url}/.ory/proxy/logout", allow_redirects=False, timeout=5)
+    assert out.status_code == 303
+    assert "return_to" not in out.headers["Location"]
     browser.get(out.headers["Location"], timeout=5)
     assert "ory_kratos_session" not in browser.cookies
     assert "Authorization" not in browser.get(f"{proxy.url}/x", timeout=5).json()["headers"]

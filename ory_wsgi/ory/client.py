@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -225,17 +225,33 @@ class OryClient:
         self._succeeded()
         return lookup
 
-    def logout_url(self, credentials: Credentials, request_id: str) -> str | None:
+    def logout_url(
+        self, credentials: Credentials, request_id: str, return_to: str = ""
+    ) -> str | None:
         """The URL that ends this browser session, or None when there is no session.
 
-        Raises `OryUnavailable` when Ory gives no usable answer.
+        `return_to` is where Ory sends the browser once the session is ended.
+        A Kratos that refuses it (400: not in its `allowed_return_urls`) is
+        asked again without it, and the operator is told in the log. Raises
+        `OryUnavailable` when Ory gives no usable answer.
         """
         if not credentials.cookie:
             return None
         headers = _base_headers(request_id)
         headers["Cookie"] = credentials.cookie
         headers.update(self.logout_headers)
-        response = self._get(self.logout_path, headers, request_id)
+        path = self.logout_path
+        if return_to:
+            path += "?return_to=" + quote(return_to, safe="")
+        response = self._get(path, headers, request_id)
+        if return_to and response.status == 400:
+            log.warning(
+                "Ory refused return_to=%s for the logout; add it to Kratos' "
+                "selfservice.allowed_return_urls. Logging out without it.",
+                return_to,
+                extra={"fields": {"request_id": request_id}},
+            )
+            response = self._get(self.logout_path, headers, request_id)
         if response.status == 401:
             self._succeeded()
             return None
