@@ -2,7 +2,8 @@
 
 Incoming X-Forwarded-* and Forwarded are believed only when the peer is in
 `proxy.trusted_proxies`; otherwise they are replaced by what this proxy saw,
-and client-IP headers (`X-Real-IP`, `True-Client-IP`, ...) are dropped. A
+and client-IP headers (`X-Real-IP`, `True-Client-IP`, ...) and the rest of
+the X-Forwarded-* family (`-Port`, `-Prefix`, ...) are dropped. A
 client's Authorization, Ory-* and identity headers (`X-Ory-*`, `Remote-User`,
 `X-Forwarded-User`, ...: `ory_wsgi.identity_headers`) are never copied: the
 upstream gets `environ["ory.authorization"]` (set by the JWT layer) or nothing.
@@ -16,7 +17,7 @@ import ssl
 from collections.abc import Callable, Iterable
 
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.identity_headers import CLIENT_IP_KEYS, IDENTITY_KEYS, IDENTITY_PREFIXES
+from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, PROXY_KEYS
 
 HOP_BY_HOP = frozenset(
     {
@@ -49,7 +50,7 @@ _HANDLED = frozenset(
 )
 # Never copied as they come, for a peer in trusted_proxies and for any other.
 _NOT_COPIED_FROM_TRUSTED = _HANDLED | IDENTITY_KEYS
-_NOT_COPIED = _NOT_COPIED_FROM_TRUSTED | CLIENT_IP_KEYS
+_NOT_COPIED = _NOT_COPIED_FROM_TRUSTED | PROXY_KEYS
 
 _HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?$")
 

@@ -14,8 +14,13 @@ One list for every mode: the forwarder's header copy (to the app and to
   sent it.
 - Client-IP claims (`CLIENT_IP_KEYS`): apps and Kratos (for a session's
   device IP) prefer `True-Client-IP`, `X-Real-IP` and their kin over the
-  socket's address. They are kept only from a peer in
-  `[proxy] trusted_proxies`, like `X-Forwarded-For`.
+  socket's address. They are kept only from a peer in `[proxy]
+  trusted_proxies`, like `X-Forwarded-For`, in every mode.
+- The rest of the `X-Forwarded-*` family (`FORWARDING_KEYS`: port, prefix,
+  scheme) is what the proxy in front saw: the proxy, which sets
+  `X-Forwarded-*` itself, keeps them only from `trusted_proxies` too. The
+  embedded middleware leaves them, like `X-Forwarded-Proto`, to the
+  framework's own proxy settings (ProxyFix, Django's `SECURE_PROXY_SSL_HEADER`).
 """
 
 from __future__ import annotations
@@ -80,6 +85,25 @@ CLIENT_IP_KEYS = frozenset(
 )
 """Client-IP headers as WSGI environ keys; believed only from `trusted_proxies`."""
 
+FORWARDING_KEYS = frozenset(
+    {
+        "HTTP_X_FORWARDED_PORT",
+        "HTTP_X_FORWARDED_PREFIX",
+        "HTTP_X_FORWARDED_SERVER",
+        "HTTP_X_FORWARDED_SCHEME",
+        "HTTP_X_FORWARDED_SSL",
+        "HTTP_X_FORWARDED_PROTOCOL",
+        "HTTP_X_URL_SCHEME",
+        "HTTP_FRONT_END_HTTPS",
+        "HTTP_X_ORIGINAL_HOST",
+    }
+)
+"""The rest of the X-Forwarded-* family (port, prefix, scheme): what the proxy in front
+saw, believed only from `trusted_proxies` (ProxyFix and frameworks build URLs from them)."""
+
+PROXY_KEYS = CLIENT_IP_KEYS | FORWARDING_KEYS
+"""Every header only a proxy in `trusted_proxies` may set."""
+
 
 def environ_keys(names: Iterable[str]) -> frozenset[str]:
     """`["X-Auth-User", "HTTP_X_TOKEN"]` -> `{"HTTP_X_AUTH_USER", "HTTP_X_TOKEN"}`."""
@@ -90,7 +114,7 @@ def environ_keys(names: Iterable[str]) -> frozenset[str]:
 
 
 def is_claim(key: str, trusted_peer: bool) -> bool:
-    """True for an environ key that must not reach the app or Ory from this peer."""
+    """True for an identity or client-IP environ key that must not pass from this peer."""
     return (
         key in IDENTITY_KEYS
         or key.startswith(IDENTITY_PREFIXES)
