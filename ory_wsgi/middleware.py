@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes, urlsplit
 
 from ory_wsgi.answers import error_answer, wants_html
 from ory_wsgi.errors import ConfigError
+from ory_wsgi.headers import TrustedProxies
+from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, environ_keys, strip_claims
 from ory_wsgi.layers import ory_forwarder_for, ory_layers
 from ory_wsgi.paths import compile_rule
 from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
@@ -25,37 +27,9 @@ from ory_wsgi.wrappers.ory_route import OryRoute
 from ory_wsgi.wrappers.protect import Protect
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-# Client headers that identify a user to some framework or app (Django's
-# RemoteUserMiddleware subclasses, oauth2-proxy, Apache/nginx auth modules):
-# with no proxy in front to drop them, the embedded middleware removes them.
-SPOOFABLE_KEYS = frozenset(
-    {
-        "HTTP_REMOTE_USER",
-        "HTTP_X_REMOTE_USER",
-        "HTTP_X_USER",
-        "HTTP_X_USER_ID",
-        "HTTP_X_USER_EMAIL",
-        "HTTP_X_EMAIL",
-        "HTTP_X_SUBJECT",
-        "HTTP_X_FORWARDED_USER",
-        "HTTP_X_FORWARDED_EMAIL",
-        "HTTP_X_FORWARDED_PREFERRED_USERNAME",
-        "HTTP_X_FORWARDED_GROUPS",
-        "HTTP_X_FORWARDED_ACCESS_TOKEN",
-        "HTTP_X_AUTH_REQUEST_USER",
-        "HTTP_X_AUTH_REQUEST_EMAIL",
-        "HTTP_X_AUTH_REQUEST_PREFERRED_USERNAME",
-        "HTTP_X_AUTH_REQUEST_GROUPS",
-        "HTTP_X_AUTH_REQUEST_ACCESS_TOKEN",
-        "HTTP_X_AUTHENTICATED_USER",
-        "HTTP_X_AUTHENTICATED_USERID",
-        "HTTP_X_AUTHENTICATED_EMAIL",
-        "HTTP_X_AUTHENTICATED_GROUPS",
-        "HTTP_X_WEBAUTH_USER",
-    }
-)
-# Every header in these families: X-Ory-Subject (forward-auth answers), Ory-* (Ory's own).
-SPOOFABLE_PREFIXES = ("HTTP_X_ORY_", "HTTP_ORY_")
+# Client headers that claim an identity: one list with the proxy's (identity_headers).
+SPOOFABLE_KEYS = IDENTITY_KEYS
+SPOOFABLE_PREFIXES = IDENTITY_PREFIXES
 
 EMBEDDED_KEY = "ory.embedded"
 """Set in environ by OryMiddleware: an inner Django middleware does not look twice."""
@@ -215,6 +189,7 @@ class OryMiddleware:
         self.stack: WSGIApplication = SpoofGuard(
             ProxyNamespace(PreflightPass(inner, handoff), routes),
             frozenset(k.upper() for k in strip_headers),
+            settings.proxy.trusted_proxies,
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -224,22 +199,19 @@ class OryMiddleware:
 class SpoofGuard:
     """Removes client headers that claim an identity, before anything reads the request."""
 
-    def __init__(self, app: WSGIApplication, extra_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        extra_keys: frozenset[str] = frozenset(),
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
         self.app = app
-        self.keys = SPOOFABLE_KEYS | {
-            key if key.startswith("HTTP_") else "HTTP_" + key.replace("-", "_")
-            for key in extra_keys
-        }
+        self.keys = environ_keys(extra_keys)
+        self.trusted = TrustedProxies(trusted_proxies)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        keys = self.keys
-        spoofed = [
-            key
-            for key in environ
-            if key.startswith("HTTP_") and (key in keys or key.startswith(SPOOFABLE_PREFIXES))
-        ]
-        for key in spoofed:
-            del environ[key]
+        trusted_peer = environ.get("REMOTE_ADDR", "") in self.trusted
+        strip_claims(environ, trusted_peer=trusted_peer, extra_keys=self.keys)
         environ[EMBEDDED_KEY] = True
         return self.app(environ, start_response)
 

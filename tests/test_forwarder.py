@@ -18,6 +18,7 @@ import upstream_app
 from servers import Gunicorn, ThreadedServer, free_port, log_records
 
 from ory_wsgi.forwarder import Forwarder
+from ory_wsgi.testing import FakeKratos
 
 DevProxy = Callable[..., ThreadedServer]
 ProxyFactory = Callable[..., Gunicorn]
@@ -441,3 +442,76 @@ def test_body_over_max_body_size_is_413_under_gunicorn(
     sized = requests.post(f"{proxy.url}/echo", data=b"x" * 5000, timeout=5)
     chunked = requests.post(f"{proxy.url}/echo", data=iter([b"x" * 600] * 8), timeout=5)
     assert (sized.status_code, chunked.status_code) == (413, 413)
+
+
+# -- a client's Authorization on an anonymous request -------------------------------------
+
+CLIENT_AUTHORIZATIONS = (
+    "Bearer forged",
+    "bearer ory_st_forged",
+    "Basic YWRtaW46YWRtaW4=",
+    "Token abc",
+    "Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXY=",
+)
+
+
+@pytest.mark.parametrize("authorization", CLIENT_AUTHORIZATIONS)
+def test_anonymous_client_authorization_never_reaches_app_without_ory(
+    proxy: Gunicorn, authorization: str
+) -> None:
+    answer = requests.get(f"{proxy.url}/echo", headers={"Authorization": authorization}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]
+
+
+def test_client_authorization_in_any_case_or_repeated_never_reaches_app(proxy: Gunicorn) -> None:
+    request = (
+        b"GET /echo HTTP/1.1\r\nHost: app.example.com\r\nauthorization: Bearer a\r\n"
+        b"AUTHORIZATION: Basic Yjpj\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw_exchange(proxy.url, request)
+    assert answer.startswith(b"HTTP/1.1 200")
+    seen = json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"]
+    assert "Authorization" not in seen
+    assert b"Yjpj" not in answer and b"Bearer a" not in answer
+
+
+@pytest.mark.parametrize("authorization", CLIENT_AUTHORIZATIONS)
+def test_anonymous_client_authorization_never_reaches_app_with_ory(
+    start_ory_proxy: Callable[..., Gunicorn], fake_ory: FakeKratos, authorization: str
+) -> None:
+    proxy = start_ory_proxy()
+    answer = requests.get(f"{proxy.url}/echo", headers={"Authorization": authorization}, timeout=5)
+    assert answer.status_code == 200
+    assert "Authorization" not in answer.json()["headers"]
+    # A bearer is a session credential: Ory was asked and knew no such session.
+    assert fake_ory.whoami_calls == (1 if authorization.lower().startswith("bearer ") else 0)
+
+
+def test_keep_client_authorization_keeps_it_on_anonymous_requests_only(
+    start_ory_proxy: Callable[..., Gunicorn], fake_ory: FakeKratos
+) -> None:
+    proxy = start_ory_proxy("[jwt]\nkeep_client_authorization = true\n")
+    for authorization in CLIENT_AUTHORIZATIONS:
+        answer = requests.get(
+            f"{proxy.url}/echo", headers={"Authorization": authorization}, timeout=5
+        )
+        assert answer.json()["headers"]["Authorization"] == authorization
+    identity = fake_ory.add_identity("ada@example.com", "correct horse battery staple")
+    _, token = fake_ory.create_session(identity["id"])
+    with_session = requests.get(
+        f"{proxy.url}/echo",
+        headers={"Authorization": "Basic YWRtaW46YWRtaW4=", "X-Session-Token": token},
+        timeout=5,
+    )
+    minted = with_session.json()["headers"]["Authorization"]
+    assert minted.startswith("Bearer ey") and "YWRtaW4" not in minted
+
+
+def test_keep_client_authorization_without_ory_still_drops_it(
+    dev_proxy: DevProxy, upstream: ThreadedServer
+) -> None:
+    server = dev_proxy(
+        upstream=upstream.url, public_url=PUBLIC, jwt={"keep_client_authorization": True}
+    )
+    answer = requests.get(f"{server.url}/echo", headers={"Authorization": "Basic eDp5"}, timeout=5)
+    assert "Authorization" not in answer.json()["headers"]

@@ -18,6 +18,7 @@ from typing import Any
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.forwarder import Forwarder, request_target
+from ory_wsgi.ory.cookies import ory_cookies
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import normalise_path
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -25,8 +26,6 @@ from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 log = logging.getLogger("ory_wsgi.ory")
 
 PREFIX = "/.ory"
-# Cookie names Kratos and Ory Network read; an app's own cookies stay home.
-ORY_COOKIE_PREFIXES = ("ory_", "csrf_token", "__Host-ory", "__Secure-ory")
 # Ory Network serves its admin API on the project domain too: never through us.
 ADMIN_PREFIX = "/admin"
 
@@ -64,19 +63,15 @@ class OryForwarder(Forwarder):
             self.ory_headers["Ory-Base-URL-Rewrite-Token"] = api_key
         if rate_limit_header:
             self.ory_headers["Ory-RateLimit-Action"] = rate_limit_header
-        self.cookie_prefixes = ORY_COOKIE_PREFIXES + ((session_cookie,) if session_cookie else ())
+        self.session_cookies = frozenset({session_cookie} if session_cookie else ())
 
     def adjust_request_headers(self, environ: WSGIEnvironment, headers: dict[str, str]) -> None:
         headers.update(self.ory_headers)
         cookie = headers.pop("Cookie", "")
         if cookie:
-            kept = [
-                part
-                for part in (p.strip() for p in cookie.split(";"))
-                if part.startswith(self.cookie_prefixes)
-            ]
+            kept = ory_cookies(cookie, self.session_cookies, environ.get("ory.request_id", ""))
             if kept:
-                headers["Cookie"] = "; ".join(kept)
+                headers["Cookie"] = kept
         accept = environ.get("HTTP_ACCEPT_ENCODING", "")
         if "gzip" in accept.lower():
             headers["Accept-Encoding"] = "gzip"
