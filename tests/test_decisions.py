@@ -174,6 +174,16 @@ def test_encoded_slash_in_a_protected_area_gets_403_bad_request(gateway_proxy: G
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
 
 
+@pytest.mark.parametrize(
+    "uri", ["/members%0A", "/members%0d%0a", "/members%09/x", "/members%7F", "/%0Amembers"]
+)
+def test_encoded_control_near_a_protected_path_gets_403_bad_request(
+    gateway_proxy: Gunicorn, uri: str
+) -> None:
+    answer = ask(gateway_proxy, uri)
+    assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
+
+
 def test_forwarded_uri_that_is_not_a_path_gets_403_bad_request(gateway_proxy: Gunicorn) -> None:
     answer = ask(gateway_proxy, "//evil.example/members")
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")

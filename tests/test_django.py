@@ -190,6 +190,14 @@ def test_checked_normalised_path_is_the_path_django_routes(
     assert answer.json()["path"] == "/members/echo/"
 
 
+@pytest.mark.parametrize("path", ["/members%0A/", "/members%0d%0a", "/members%09/echo/"])
+def test_encoded_control_near_a_protected_path_is_refused(client: Client, path: str) -> None:
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == 400
+
+
 def test_middleware_refuses_to_start_without_the_backend(ory_settings: dict[str, Any]) -> None:
     with override_settings(AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.ModelBackend"]):
         with pytest.raises(ImproperlyConfigured, match="OryBackend"):

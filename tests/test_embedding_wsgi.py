@@ -252,6 +252,18 @@ def test_dot_segments_cannot_reach_a_protected_path_anonymously(embed: Embed) ->
     assert answer.status_code == 401
 
 
+@pytest.mark.parametrize(
+    "path", ["/members%0A", "/members%0d%0a", "/members%09/x", "/members%7f", "/admin%0B"]
+)
+def test_encoded_control_near_a_protected_path_is_refused_before_the_app(
+    embed: Embed, path: str
+) -> None:
+    server = embed()
+    answer = requests.get(f"{server.url}{path}", headers={"Accept": "application/json"}, timeout=5)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == 400
+
+
 def test_browser_logs_in_through_the_embedded_ory_route(embed: Embed, fake_ory: FakeKratos) -> None:
     server = embed()
     browser = login(server, fake_ory)  # type: ignore[arg-type]

@@ -151,6 +151,31 @@ def test_init_app_in_a_factory_reads_protect_rules_from_config(fake_ory: FakeKra
     assert answer.status_code == 401
 
 
+@pytest.fixture
+def ruled_client(fake_ory: FakeKratos) -> FlaskClient:
+    """An app with a `[[protect]]` rule on /private and a view that tells what it routed."""
+    app = Flask(__name__)
+    app.config.update(
+        ORY_SDK_URL=fake_ory.url, ORY_PUBLIC_URL=PUBLIC, ORY_PROTECT=[{"prefix": "/private"}]
+    )
+    Ory(app)
+
+    @app.route("/<path:rest>", methods=["GET", "POST", "OPTIONS"])
+    def anything(rest: str) -> dict[str, Any]:
+        return {"path": request.path, "secret": rest.startswith("private")}
+
+    return app.test_client()
+
+
+@pytest.mark.parametrize("path", ["/private%0A", "/private%0d%0a", "/private%09/x", "/private%7F"])
+def test_encoded_control_near_a_protected_path_is_refused(
+    ruled_client: FlaskClient, path: str
+) -> None:
+    answer = ruled_client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json is not None and answer.json["error"]["code"] == 400
+
+
 def test_flask_login_request_loader_gives_current_user(fake_ory: FakeKratos) -> None:
     app = create_app({"ORY_SDK_URL": fake_ory.url, "ORY_PUBLIC_URL": PUBLIC, "SECRET_KEY": "test"})
     manager = flask_login.LoginManager(app)
