@@ -79,6 +79,11 @@ def normalise_path(raw: str) -> NormalisedPath:
     )
 
 
+def readings(decoded: str) -> tuple[str, ...]:
+    """Every reading the rules consider of an already decoded path (see `NormalisedPath`)."""
+    return _views(decoded)
+
+
 def _views(decoded: str) -> tuple[str, ...]:
     """Readings of a decoded path, lenient and resolved first, duplicates dropped."""
     # Some routers decode the path and then cut it at a `?` it spelled.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from ory_flows import PASSWORD, login
+from recording import RecordingUpstream
 from servers import ThreadedServer
 
 from ory_wsgi import ConfigError, OryMiddleware, verify
@@ -262,6 +264,39 @@ def test_encoded_control_near_a_protected_path_is_refused_before_the_app(
     answer = requests.get(f"{server.url}{path}", headers={"Accept": "application/json"}, timeout=5)
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == 400
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/.ory/admin%2Fidentities",
+        "/.ory/ADMIN%5Cidentities",
+        "/.ory/admin;x/identities",
+        "/.ory/..%2Fadmin/identities",
+        "/.ory/..%2F..%2Fother",
+        "/.ory/admin%252Fidentities",
+        "/.ory/admin%0A",
+    ],
+)
+def test_ory_bound_path_never_leaves_the_public_api_under_the_ory_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    recorder = RecordingUpstream()
+    ory = ThreadedServer(recorder)
+    server = ThreadedServer(
+        OryMiddleware(echo, sdk_url=f"{ory.url}/kratos", public_url="https://app.example.com")
+    )
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("GET", target, headers={"Accept": "application/json"})
+        status = connection.getresponse().status
+        connection.close()
+    finally:
+        server.stop()
+        ory.stop()
+    assert status in (400, 404)
+    assert not recorder.seen
 
 
 def test_browser_logs_in_through_the_embedded_ory_route(embed: Embed, fake_ory: FakeKratos) -> None:
