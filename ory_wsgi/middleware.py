@@ -13,13 +13,14 @@ import os
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from ory_wsgi.answers import error_answer, wants_html
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.layers import ory_forwarder_for, ory_layers
 from ory_wsgi.paths import compile_rule
 from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
+from ory_wsgi.wrappers import path_check
 from ory_wsgi.wrappers.namespace import ProxyNamespace
 from ory_wsgi.wrappers.ory_route import OryRoute
 from ory_wsgi.wrappers.protect import Protect
@@ -57,8 +58,9 @@ SPOOFABLE_KEYS = frozenset(
 # Every header in these families: X-Ory-Subject (forward-auth answers), Ory-* (Ory's own).
 SPOOFABLE_PREFIXES = ("HTTP_X_ORY_", "HTTP_ORY_")
 
-EMBEDDED_KEY = "ory.embedded"
-"""Set in environ by OryMiddleware: an inner Django middleware does not look twice."""
+# Set in environ by OryMiddleware: paths are judged after SCRIPT_NAME, and an
+# inner Django middleware does not look twice.
+EMBEDDED_KEY = path_check.EMBEDDED_KEY
 PASSED_KEY = "ory.passed"
 LOGIN_PATH = "/.ory/proxy/login"
 # Names in a framework's ORY_* config that are not TOML keys.
@@ -176,7 +178,9 @@ class OryMiddleware:
     The app then gets `ory.session`, `ory.identity`, `ory.error`,
     `ory.aal_required` in `environ`; no client `Authorization` (the JWT
     instead, when on); and, with `[[protect]]` rules, `PATH_INFO` set to the
-    normalised path that was checked.
+    normalised path that was checked. Rules and `/.ory` are relative to the
+    app's mount point: the path judged is the raw request target minus
+    `SCRIPT_NAME` (400 when the target is not under it).
     """
 
     def __init__(
@@ -271,29 +275,15 @@ class AppHandoff:
         authorization = environ.pop("ory.authorization", None)
         if authorization:
             environ["HTTP_AUTHORIZATION"] = authorization
-        target = environ.get("ory.target")
-        if target is not None:
-            path_info = checked_path_info(target, environ.get("SCRIPT_NAME", ""))
-            if path_info is None:
-                return error_answer(
-                    environ, start_response, 400, "Malformed request: the path leaves the app."
-                )
+        path_info = environ.get("ory.path_info")
+        if path_info is not None:
+            # The path the rules judged (PathCheck), and nothing else, is what the app routes on.
             environ["PATH_INFO"] = path_info
+            target = environ["ory.target"]
             for key in ("RAW_URI", "REQUEST_URI"):
                 if key in environ:
                     environ[key] = target
         return self.app(environ, start_response)
-
-
-def checked_path_info(target: str, script_name: str) -> str | None:
-    """`PATH_INFO` for the normalised target (WSGI's latin-1 text), or None if outside the mount."""
-    path = unquote_to_bytes(target.partition("?")[0]).decode("latin-1")
-    script_name = script_name.rstrip("/")
-    if not script_name:
-        return path
-    if path == script_name or path.startswith(script_name + "/"):
-        return path[len(script_name) :]
-    return None
 
 
 def pass_through(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -13,7 +13,8 @@ import pytest
 import requests
 from ory_flows import PASSWORD, login
 from recording import RecordingUpstream
-from servers import ThreadedServer
+from servers import Gunicorn, ThreadedServer, free_port
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from ory_wsgi import ConfigError, OryMiddleware, verify
 from ory_wsgi.middleware import SPOOFABLE_KEYS, load_embedded_settings
@@ -38,6 +39,11 @@ def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     ).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
+
+
+def gunicorn_app(sdk_url: str, public_url: str) -> OryMiddleware:
+    """echo in OryMiddleware, for gunicorn: `test_embedding_wsgi:gunicorn_app("<ory>", "<url>")`."""
+    return OryMiddleware(echo, sdk_url=sdk_url, public_url=public_url, protect=PROTECT)
 
 
 class LateApp:
@@ -356,3 +362,115 @@ def test_jwt_enabled_in_the_toml_file_is_honoured(tmp_path: Path) -> None:
     assert load_embedded_settings(path, env={}).jwt.enabled
     path.write_text('[jwt]\nttl = "30s"\n')
     assert not load_embedded_settings(path, env={}).jwt.enabled
+
+
+# -- the path judged is the path the app routes on: after SCRIPT_NAME, from the raw target --
+
+
+@pytest.fixture
+def embedded_gunicorn(fake_ory: FakeKratos, tmp_path: Path) -> Iterator[Gunicorn]:
+    """echo in OryMiddleware under gunicorn, which takes a client's SCRIPT_NAME header from
+    its forwarded_allow_ips (loopback by default)."""
+    port = free_port()
+    server = Gunicorn(
+        f'test_embedding_wsgi:gunicorn_app("{fake_ory.url}", "http://127.0.0.1:{port}")',
+        port=port,
+        cwd=tmp_path,
+    )
+    yield server
+    server.stop()
+
+
+def send(
+    server: Gunicorn | ThreadedServer, target: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One request with the request line exactly as given."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "script_name", "status"),
+    [
+        ("/app/members", "/app", 401),
+        ("/app/members/x", "/app", 401),
+        ("/app/MEMBERS", "/app", 401),
+        ("/a/b/members", "/a/b", 401),
+        ("/app/admin", "/app", 401),
+        ("/app/x/%2e%2e/members", "/app", 401),
+        ("/members", "/mem", 400),
+        ("/app/../members", "/app", 400),
+        ("/app/..%2Fmembers", "/app", 400),
+        ("/x%2Fy/members", "/x%2Fy", 400),
+        ("/app;x/members", "/app", 400),
+    ],
+)
+def test_a_client_script_name_cannot_move_the_judged_path(
+    embedded_gunicorn: Gunicorn, target: str, script_name: str, status: int
+) -> None:
+    answer, body = send(embedded_gunicorn, target, {"SCRIPT_NAME": script_name})
+    assert answer == status, body
+    assert b'"path"' not in body  # echo never ran
+
+
+def test_a_mount_point_that_takes_the_whole_path_leaves_the_app_its_root(
+    embedded_gunicorn: Gunicorn,
+) -> None:
+    answer, body = send(embedded_gunicorn, "/members", {"SCRIPT_NAME": "/members"})
+    assert answer == 200
+    assert json.loads(body)["path"] == ""
+
+
+def test_under_a_client_script_name_the_app_routes_the_judged_path_with_a_session(
+    embedded_gunicorn: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    cookies = session_cookies(fake_ory)
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    answer, body = send(
+        embedded_gunicorn, "/app/./members//x", {"SCRIPT_NAME": "/app", "Cookie": cookie}
+    )
+    assert answer == 200
+    assert json.loads(body)["path"] == "/members/x"
+
+
+@pytest.fixture
+def mounted(fake_ory: FakeKratos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """echo in OryMiddleware mounted at /app by werkzeug's DispatcherMiddleware; its URL."""
+    monkeypatch.chdir(tmp_path)
+    late = LateApp()
+    server = ThreadedServer(late)
+    public = f"{server.url}/app"
+    fake_ory.allowed_return_urls = [server.url]
+    late.app = DispatcherMiddleware(
+        echo,
+        {"/app": OryMiddleware(echo, sdk_url=fake_ory.url, public_url=server.url, protect=PROTECT)},
+    )
+    yield public
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/members", 401), ("/members/x", 401), ("/x/%2E%2E/members", 401), ("/open", 200)],
+)
+def test_rules_of_a_mounted_app_are_relative_to_its_mount_point(
+    mounted: str, path: str, status: int
+) -> None:
+    answer = requests.get(mounted + path, headers={"Accept": "application/json"}, timeout=5)
+    assert answer.status_code == status
+    if status == 200:
+        assert answer.json()["path"] == path
+
+
+def test_ory_route_of_a_mounted_app_is_under_its_mount_point(
+    mounted: str, fake_ory: FakeKratos
+) -> None:
+    fake_ory.reset_counters()
+    answer = requests.get(f"{mounted}/.ory/health/alive", timeout=5)
+    assert answer.status_code == 200
+    assert [entry.path for entry in fake_ory.request_log] == ["/health/alive"]

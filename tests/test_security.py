@@ -392,6 +392,32 @@ def test_the_checked_path_is_the_forwarded_path(
     assert unquote(query) == "q=.."
 
 
+@pytest.mark.parametrize(
+    ("target", "script_name"),
+    [
+        ("/x/members", "/x"),
+        ("/members", "/members"),
+        ("/members/x", "/members"),
+        ("/open/members", "/open"),
+        ("/.ory/admin/identities", "/.ory"),
+        ("/.ory/sessions/whoami", "/.ory"),
+        ("/x/.ory/admin/identities", "/x"),
+        ("/x/.ory/proxy/health/alive", "/x"),
+    ],
+)
+def test_a_client_script_name_changes_nothing_in_proxy_mode(
+    proxy: Gunicorn, recorder: RecordingUpstream, target: str, script_name: str
+) -> None:
+    outcomes = []
+    for headers in ({}, {"SCRIPT_NAME": script_name}):
+        count = len(recorder.seen)
+        status, _, _ = send_raw(proxy, target, headers={**JSON, **headers})
+        outcomes.append((status, [seen.raw_uri for seen in recorder.since(count)]))
+    assert outcomes[0] == outcomes[1]
+    status, forwarded = outcomes[1]
+    assert forwarded in ([], [target])
+
+
 def test_app_readings_model_sees_the_classic_tricks() -> None:
     assert protected_for_app("/open/..;/members")
     assert protected_for_app("/MEMBERS")

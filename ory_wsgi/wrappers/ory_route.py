@@ -28,6 +28,7 @@ from ory_wsgi.errors import BadRequest
 from ory_wsgi.forwarder import Forwarder, request_target
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import normalise_path, readings
+from ory_wsgi.wrappers.path_check import EMBEDDED_KEY, app_relative_path
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.ory")
@@ -170,6 +171,9 @@ class OryRoute:
             return self.app(environ, start_response)
         try:
             path = normalise_path(raw_path).path
+            if environ.get(EMBEDDED_KEY):
+                # In-process, `/.ory` is under the application's mount point.
+                path = app_relative_path(path, environ.get("SCRIPT_NAME", ""))
             if not is_ory_bound(path):
                 return self.app(environ, start_response)
             if _REFUSED_IN_ORY_PATH.search(path):
