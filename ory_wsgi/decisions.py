@@ -8,7 +8,8 @@ before they serve a request. The original request is rebuilt from
 `trusted_proxies`; without them, the method of this request and the path
 after `/decisions`), then run through the same session lookup, protection
 and JWT layers as proxied requests (`around` wraps an app in them), ending
-in an app that allows. Their answer is mapped onto what gateways understand:
+in an app that allows; CORS preflights too, with no exemption. Their answer
+is mapped onto what gateways understand:
 
 - allowed: 200, the JWT in `Authorization`, the identity id in `X-Ory-Subject`;
 - no session: 401 (a browser's login redirect becomes a 401 whose `Location`
@@ -66,11 +67,8 @@ class Decisions:
             code = "untrusted_proxy" if isinstance(exc, UntrustedProxy) else "bad_request"
             log.warning("decision refused, %s: %s", code, exc)
             return _refuse(environ, start_response, code, f"Malformed forward-auth request: {exc}.")
-        if original["REQUEST_METHOD"] == "OPTIONS" and original.get(
-            "HTTP_ACCESS_CONTROL_REQUEST_METHOD"
-        ):
-            environ["ory.decision"] = "preflight"
-            return _allow(original, start_response)
+        # A CORS preflight is judged like any request: gateways answer preflights
+        # themselves, and one they pass on must not reach a protected app anonymously.
         return self._decide(environ, original, start_response)
 
     def _original_request(self, environ: WSGIEnvironment) -> WSGIEnvironment:

@@ -86,7 +86,8 @@ def login_required(view: View | None = None, *, aal: str = "") -> View | Callabl
 
     Otherwise a browser is sent to Ory's login (303) and any other client gets
     401 (403 when the AAL is too low) JSON in Kratos' error envelope; 503 when
-    Ory could not be asked. `OPTIONS` requests are never refused.
+    Ory could not be asked. No method is exempt, `OPTIONS` included: CORS
+    preflights are answered by the middleware from `[cors]` before any view.
     """
     if aal not in ("", "aal1", "aal2", "aal3"):
         raise ValueError(f"aal must be aal1, aal2 or aal3, not {aal!r}")

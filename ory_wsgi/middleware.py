@@ -21,6 +21,7 @@ from ory_wsgi.layers import ory_forwarder_for, ory_layers
 from ory_wsgi.paths import compile_rule
 from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
 from ory_wsgi.wrappers import path_check
+from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import ProxyNamespace
 from ory_wsgi.wrappers.ory_route import OryRoute
 from ory_wsgi.wrappers.protect import Protect
@@ -171,9 +172,10 @@ class OryMiddleware:
     1. client headers that claim an identity are removed (`SPOOFABLE_KEYS`,
        `X-Ory-*`, `Ory-*`, and `strip_headers`);
     2. `/.ory/proxy/login`, `/.ory/proxy/logout` (and the JWKS with JWT on);
-    3. `/.ory/*` forwarded to Ory (unless `forward_ory=False`);
-    4. the session lookup, `[[protect]]`, session → JWT, as in the proxy
-       (CORS preflights skip them: the app's own CORS answers those).
+    3. CORS preflights, answered from `[cors]` as the proxy answers them
+       (never by the app: a preflight carries no session);
+    4. `/.ory/*` forwarded to Ory (unless `forward_ory=False`);
+    5. the session lookup, `[[protect]]`, session → JWT, as in the proxy.
 
     The app then gets `ory.session`, `ory.identity`, `ory.error`,
     `ory.aal_required` in `environ`; no client `Authorization` (the JWT
@@ -217,7 +219,7 @@ class OryMiddleware:
             inner = OryRoute(inner, forwarder, urlsplit(ory_url).path)
         self.forwarder = forwarder
         self.stack: WSGIApplication = SpoofGuard(
-            ProxyNamespace(PreflightPass(inner, handoff), routes),
+            ProxyNamespace(PreflightAnswer(inner, settings, public), routes),
             frozenset(k.upper() for k in strip_headers),
         )
 
@@ -248,20 +250,29 @@ class SpoofGuard:
         return self.app(environ, start_response)
 
 
-class PreflightPass:
-    """CORS preflights skip the session layers (never gated, §9): the app's CORS answers them."""
+class PreflightAnswer:
+    """CORS preflights are answered here from `[cors]` (§9, §10): they never reach the app.
 
-    def __init__(self, app: WSGIApplication, preflight_app: WSGIApplication) -> None:
+    A preflight is anonymous by definition; handed to the app, it would run a
+    protected view without a session. The answer is the proxy's own (`Cors`):
+    204 for an allowed origin, 403 for any other. Other requests pass, and the
+    app's own CORS headers on them are left alone.
+    """
+
+    def __init__(self, app: WSGIApplication, settings: Settings, public_url: str) -> None:
         self.app = app
-        self.preflight_app = preflight_app
+        cors = settings.cors
+        # Cors answers a preflight itself and passes nothing else here.
+        self.cors = Cors(
+            app, cors.allowed_origins, public_url, cors.additional_headers, cors.max_age
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "OPTIONS" and environ.get(
-            "HTTP_ACCESS_CONTROL_REQUEST_METHOD"
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
         ):
-            environ.pop("HTTP_AUTHORIZATION", None)
-            environ["ory.session"] = environ["ory.identity"] = None
-            return self.preflight_app(environ, start_response)
+            return self.cors(environ, start_response)
         return self.app(environ, start_response)
 
 
@@ -339,8 +350,8 @@ class SessionGate:
         }
 
     def check(self, environ: WSGIEnvironment, aal: str = "") -> Answer | None:
-        if environ.get("REQUEST_METHOD") == "OPTIONS":
-            return None
+        # No method is exempt: a view that accepts OPTIONS runs its code for it.
+        # CORS preflights never get here, the middleware answers them.
         previous = environ.get("ory.rule")
         environ["ory.rule"] = self.rules[aal]
         try:

@@ -189,13 +189,27 @@ def test_forwarded_uri_that_is_not_a_path_gets_403_bad_request(gateway_proxy: Gu
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
 
 
-def test_cors_preflight_is_allowed_without_a_session(gateway_proxy: Gunicorn) -> None:
+@pytest.mark.parametrize("requested", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("uri", ["/members", "/members/x"])
+def test_cors_preflight_on_a_protected_path_is_judged_like_any_request(
+    gateway_proxy: Gunicorn, requested: str, uri: str
+) -> None:
     answer = ask(
         gateway_proxy,
-        "/members",
+        uri,
         method="OPTIONS",
-        headers={"Access-Control-Request-Method": "GET"},
+        headers={"Access-Control-Request-Method": requested, "Origin": PUBLIC},
     )
+    assert answer.status_code == 401
+
+
+def test_cors_preflight_with_a_session_or_on_an_open_path_is_allowed(
+    gateway_proxy: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    preflight = {"Access-Control-Request-Method": "GET", "Origin": PUBLIC}
+    assert ask(gateway_proxy, "/open", method="OPTIONS", headers=preflight).status_code == 200
+    _, cookies = logged_in(fake_ory)
+    answer = ask(gateway_proxy, "/members", method="OPTIONS", headers=preflight, cookies=cookies)
     assert answer.status_code == 200
 
 

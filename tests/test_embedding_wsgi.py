@@ -201,20 +201,61 @@ def test_headers_named_in_strip_headers_are_removed_too(embed: Embed) -> None:
     assert "HTTP_X_TENANT_ADMIN" not in seen["headers"]
 
 
-def test_cors_preflight_to_protected_path_is_not_gated(embed: Embed, fake_ory: FakeKratos) -> None:
+@pytest.mark.parametrize("path", ["/members", "/members/x", "/admin", "/open"])
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_cors_preflight_is_answered_by_the_middleware_never_by_the_app(
+    embed: Embed, fake_ory: FakeKratos, path: str, method: str
+) -> None:
     server = embed()
     answer = requests.options(
-        f"{server.url}/members",
+        f"{server.url}{path}",
         headers={
-            "Origin": "https://spa.example",
-            "Access-Control-Request-Method": "POST",
+            "Origin": server.url,
+            "Access-Control-Request-Method": method,
             "Authorization": "Bearer forged",
         },
         timeout=5,
     )
-    assert answer.status_code == 200
-    assert answer.json()["authorization"] is None
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == server.url
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert answer.content == b""
     assert fake_ory.whoami_calls == 0
+
+
+@pytest.mark.parametrize("origin", ["https://spa.example", "null", ""])
+def test_cors_preflight_from_another_origin_is_refused_by_the_middleware(
+    embed: Embed, origin: str
+) -> None:
+    server = embed()
+    answer = requests.options(
+        f"{server.url}/members",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        timeout=5,
+    )
+    assert answer.status_code == 403
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    assert b'"path"' not in answer.content
+
+
+def test_cors_preflight_follows_the_cors_settings(embed: Embed) -> None:
+    server = embed(cors={"allowed_origins": ["https://*.example.com"], "max_age": "30s"})
+    answer = requests.options(
+        f"{server.url}/members",
+        headers={"Origin": "https://spa.example.com", "Access-Control-Request-Method": "PUT"},
+        timeout=5,
+    )
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://spa.example.com"
+    assert answer.headers["Access-Control-Max-Age"] == "30"
+
+
+def test_plain_options_on_a_protected_path_is_gated(embed: Embed) -> None:
+    server = embed()
+    answer = requests.options(
+        f"{server.url}/members", headers={"Accept": "application/json"}, timeout=5
+    )
+    assert answer.status_code == 401
 
 
 def test_forged_authorization_never_reaches_the_app(embed: Embed) -> None:

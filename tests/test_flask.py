@@ -107,14 +107,52 @@ def test_ory_down_gives_503_on_login_required_view(
     assert answer.headers["Retry-After"]
 
 
-def test_options_is_never_refused_by_login_required(app: Flask, client: FlaskClient) -> None:
+def test_options_is_gated_by_login_required_like_any_method(
+    app: Flask, client: FlaskClient
+) -> None:
+    ran = []
+
     @app.route("/guarded", methods=["GET", "OPTIONS"])
     @login_required
     def guarded() -> str:
+        ran.append(request.method)
         return "ok"
 
-    assert client.options("/guarded").status_code == 200
+    assert client.options("/guarded", headers={"Accept": "application/json"}).status_code == 401
     assert client.get("/guarded", headers={"Accept": "application/json"}).status_code == 401
+    assert not ran
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"), [(PUBLIC, 204), ("https://spa.example", 403), ("null", 403)]
+)
+def test_cors_preflight_never_runs_a_login_required_view(
+    app: Flask, client: FlaskClient, origin: str, status: int
+) -> None:
+    ran = []
+
+    @app.route("/guarded", methods=["GET", "OPTIONS"])
+    @login_required
+    def guarded() -> str:
+        ran.append(request.method)
+        return "ok"
+
+    answer = client.options(
+        "/guarded", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert answer.status_code == status
+    assert not ran
+
+
+@pytest.mark.parametrize("path", ["/private", "/private/x"])
+def test_cors_preflight_on_a_protected_path_never_reaches_the_app(
+    ruled_client: FlaskClient, path: str
+) -> None:
+    answer = ruled_client.options(
+        path, headers={"Origin": PUBLIC, "Access-Control-Request-Method": "POST"}
+    )
+    assert answer.status_code == 204
+    assert answer.data == b""
 
 
 def test_spoofed_identity_headers_never_reach_the_view(client: FlaskClient) -> None:

@@ -6,7 +6,9 @@ Runs after the session lookup. No session: a browser navigating is sent to
 Ory's login (303, `return_to` = this page); any other client gets 401 in
 Kratos' error envelope. Session below the rule's `aal`: the same with
 `aal=aal2`, or 403. Ory unreachable: 503 with `Retry-After` (fail closed);
-Ory rate-limiting: 429 passed on. CORS preflights never get here.
+Ory rate-limiting: 429 passed on. The proxy and the embedded middleware
+answer CORS preflights before this layer; the decisions endpoint judges
+them here like any other request.
 """
 
 from __future__ import annotations
