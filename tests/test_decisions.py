@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -167,6 +168,65 @@ def test_path_after_decisions_is_judged_when_no_uri_is_forwarded(
     proxy = start_proxy(config(upstream, fake_ory, trusted="[]"))
     assert requests.get(f"{proxy.url}{DECISIONS}/members/x", timeout=5).status_code == 401
     assert requests.get(f"{proxy.url}{DECISIONS}/open", timeout=5).status_code == 200
+
+
+@pytest.fixture
+def suffix_proxy(
+    start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
+) -> Gunicorn:
+    """Decisions asked by the path after `/decisions` (no trusted gateway)."""
+    return start_proxy(config(upstream, fake_ory, trusted="[]"))
+
+
+def raw_status(proxy: Gunicorn, target: str, headers: dict[str, str] | None = None) -> int:
+    """The status of one GET whose request line is exactly `target`."""
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    try:
+        connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "status"),
+    [
+        ("/open%23/../members", 403),
+        ("/open%23x", 200),
+        ("/open%3F/../members", 401),
+        ("/open%3f/%2e%2e/members/x", 401),
+        ("/open%2F..%2Fmembers", 403),
+        ("/members%2Fx", 403),
+        ("/open%00/../members", 403),
+        ("/members%0A", 403),
+        ("/open?/../members", 200),
+        ("/members?x=%2F", 401),
+    ],
+)
+def test_path_after_decisions_is_read_raw_as_the_proxy_reads_a_path(
+    suffix_proxy: Gunicorn, suffix: str, status: int
+) -> None:
+    assert raw_status(suffix_proxy, DECISIONS + suffix) == status
+
+
+def test_path_after_decisions_is_read_as_the_proxy_reads_the_same_path(
+    suffix_proxy: Gunicorn,
+) -> None:
+    mapping = {200: 200, 401: 401, 303: 401, 400: 403}
+    for suffix in ("/open%23/../members", "/open%3F/../members", "/members;x/y", "/MEMBERS"):
+        assert (
+            raw_status(suffix_proxy, DECISIONS + suffix)
+            == mapping[raw_status(suffix_proxy, suffix)]
+        ), suffix
+
+
+def test_a_client_script_name_does_not_move_the_decisions_endpoint(
+    suffix_proxy: Gunicorn,
+) -> None:
+    # Without SCRIPT_NAME this goes to the app (200); with it, still the app, not a decision.
+    headers = {"SCRIPT_NAME": "/x"}
+    assert raw_status(suffix_proxy, f"/x{DECISIONS}/members", headers) == 200
+    assert raw_status(suffix_proxy, f"{DECISIONS}/members", {"SCRIPT_NAME": "/.ory"}) == 401
 
 
 def test_encoded_slash_in_a_protected_area_gets_403_bad_request(gateway_proxy: Gunicorn) -> None:
