@@ -154,6 +154,14 @@ def test_forwarded_method_selects_the_rule(gateway_proxy: Gunicorn) -> None:
     assert ask(gateway_proxy, "/api/orders", method="POST").status_code == 401
 
 
+@pytest.mark.parametrize("claimed", ["POST", "POST, GET", "GET,POST", "PUT , post"])
+def test_a_method_override_list_cannot_dodge_a_method_limited_rule(
+    gateway_proxy: Gunicorn, claimed: str
+) -> None:
+    answer = ask(gateway_proxy, "/api/orders", headers={"X-HTTP-Method-Override": claimed})
+    assert answer.status_code == 401
+
+
 def test_forwarded_headers_from_an_untrusted_peer_are_refused(
     start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
 ) -> None:

@@ -250,6 +250,19 @@ def test_cors_preflight_follows_the_cors_settings(embed: Embed) -> None:
     assert answer.headers["Access-Control-Max-Age"] == "30"
 
 
+@pytest.mark.parametrize("claimed", ["POST", "POST, GET", "GET,POST", "PUT , post"])
+def test_a_method_override_list_cannot_dodge_a_method_limited_rule(
+    embed: Embed, claimed: str
+) -> None:
+    server = embed(protect=[{"prefix": "/write", "methods": ["POST"]}])
+    answer = requests.get(
+        f"{server.url}/write",
+        headers={"Accept": "application/json", "X-HTTP-Method-Override": claimed},
+        timeout=5,
+    )
+    assert answer.status_code == 401
+
+
 def test_plain_options_on_a_protected_path_is_gated(embed: Embed) -> None:
     server = embed()
     answer = requests.options(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -270,11 +271,42 @@ def test_get_limited_rule_covers_head(proxy: Gunicorn) -> None:
     assert requests.post(f"{proxy.url}/reports", headers=JSON, timeout=5).status_code == 200
 
 
-def test_method_override_header_cannot_dodge_a_method_limited_rule(proxy: Gunicorn) -> None:
-    answer = requests.get(
-        f"{proxy.url}/write", headers={**JSON, "X-HTTP-Method-Override": "POST"}, timeout=5
-    )
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-HTTP-Method-Override", "POST"),
+        ("X-HTTP-Method-Override", "POST, GET"),
+        ("X-HTTP-Method-Override", "GET,POST"),
+        ("X-HTTP-Method-Override", "get , post"),
+        ("X-HTTP-Method", "PUT, POST"),
+        ("X-Method-Override", ", POST"),
+    ],
+)
+def test_method_override_header_cannot_dodge_a_method_limited_rule(
+    proxy: Gunicorn, name: str, value: str
+) -> None:
+    answer = requests.get(f"{proxy.url}/write", headers={**JSON, name: value}, timeout=5)
     assert answer.status_code == 401
+
+
+def test_repeated_method_override_headers_all_count(proxy: Gunicorn) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    try:
+        connection.putrequest("GET", "/write")
+        connection.putheader("Accept", "application/json")
+        connection.putheader("X-HTTP-Method-Override", "GET")
+        connection.putheader("X-HTTP-Method-Override", "POST")
+        connection.endheaders()
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+
+
+def test_method_override_naming_only_open_methods_leaves_the_rule_alone(proxy: Gunicorn) -> None:
+    answer = requests.get(
+        f"{proxy.url}/write", headers={**JSON, "X-HTTP-Method-Override": "GET, PUT"}, timeout=5
+    )
+    assert answer.status_code == 200
 
 
 @pytest.mark.parametrize(

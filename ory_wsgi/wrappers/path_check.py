@@ -99,10 +99,19 @@ def wsgi_path(path: str) -> str:
 
 
 def request_methods(environ: WSGIEnvironment) -> tuple[str, ...]:
-    """The request's method and any method it claims through an override header."""
+    """The request's method and every method it claims through an override header.
+
+    A header may list several (`POST, GET`), and servers join repeated headers
+    with commas: each one counts, whichever a framework would pick.
+    """
     method: str = environ["REQUEST_METHOD"]
-    claimed = [str(environ[key]).strip() for key in METHOD_OVERRIDE_KEYS if key in environ]
-    return (method, *claimed)
+    claimed = [
+        part.strip()
+        for key in METHOD_OVERRIDE_KEYS
+        if key in environ
+        for part in str(environ[key]).split(",")
+    ]
+    return (method, *(part for part in claimed if part))
 
 
 def return_to_url(public_url: str, environ: WSGIEnvironment) -> str:
