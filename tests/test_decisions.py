@@ -170,6 +170,20 @@ def test_forwarded_headers_from_an_untrusted_peer_are_refused(
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "untrusted_proxy")
 
 
+@pytest.mark.parametrize(
+    ("path", "method"), [("/api/orders", "POST"), ("/open", "POST"), ("/members", "GET")]
+)
+def test_a_forwarded_method_alone_from_an_untrusted_peer_is_refused(
+    suffix_proxy: Gunicorn, path: str, method: str
+) -> None:
+    answer = requests.get(
+        f"{suffix_proxy.url}{DECISIONS}{path}",
+        headers={"X-Forwarded-Method": method, "Accept": "application/json"},
+        timeout=5,
+    )
+    assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "untrusted_proxy")
+
+
 def test_path_after_decisions_is_judged_when_no_uri_is_forwarded(
     start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
 ) -> None:
