@@ -219,6 +219,17 @@ def test_plain_options_on_a_protected_path_is_gated(client: Client) -> None:
     assert answer.status_code == 401
 
 
+def test_a_protected_path_response_is_kept_out_of_caches(
+    client: Client, fake_ory: FakeKratos
+) -> None:
+    log_in(client, fake_ory)
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.get("/members/echo/")
+        assert answer.status_code == 200
+        assert answer["Cache-Control"] == "private, no-store"
+        assert not client.get("/echo/").has_header("Cache-Control")
+
+
 def test_middleware_refuses_to_start_without_the_backend(ory_settings: dict[str, Any]) -> None:
     with override_settings(AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.ModelBackend"]):
         with pytest.raises(ImproperlyConfigured, match="OryBackend"):

@@ -528,3 +528,21 @@ def test_ory_route_of_a_mounted_app_is_under_its_mount_point(
     answer = requests.get(f"{mounted}/.ory/health/alive", timeout=5)
     assert answer.status_code == 200
     assert [entry.path for entry in fake_ory.request_log] == ["/health/alive"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({}, "private, no-store"), ({"proxy": {"protected_cache_control": ""}}, None)],
+)
+def test_a_protected_response_without_cache_control_is_kept_out_of_caches(
+    embed: Embed, fake_ory: FakeKratos, overrides: dict[str, Any], expected: str | None
+) -> None:
+    server = embed(**overrides)
+    cookies = session_cookies(fake_ory)
+    answer = requests.get(f"{server.url}/members", cookies=cookies, timeout=5)
+    assert answer.status_code == 200 and answer.json()["identity"]
+    assert answer.headers.get("Cache-Control") == expected
+    assert (
+        "Cache-Control"
+        not in requests.get(f"{server.url}/page", cookies=cookies, timeout=5).headers
+    )

@@ -52,6 +52,23 @@ def log_in(client: FlaskClient, fake_ory: FakeKratos, aal: str = "aal1") -> dict
     return session
 
 
+def test_a_login_required_response_is_kept_out_of_caches(
+    client: FlaskClient, fake_ory: FakeKratos
+) -> None:
+    log_in(client, fake_ory)
+    assert client.get("/members").headers["Cache-Control"] == "private, no-store"
+    assert "Cache-Control" not in client.get("/").headers
+
+
+def test_a_protected_path_response_is_kept_out_of_caches(
+    ruled_client: FlaskClient, fake_ory: FakeKratos
+) -> None:
+    log_in(ruled_client, fake_ory)
+    answer = ruled_client.get("/private/x")
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == "private, no-store"
+
+
 def test_logged_in_user_reaches_the_members_page_as_herself(
     client: FlaskClient, fake_ory: FakeKratos
 ) -> None:

@@ -6,7 +6,7 @@ import http.client
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -391,3 +391,53 @@ def test_protect_path_prefix_flag_of_run_protects(
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_protected_response_without_cache_control_is_kept_out_of_caches(
+    proxy: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    token = session_token(fake_ory)
+    answer = requests.get(
+        f"{proxy.url}/members/x", headers={**JSON, "X-Session-Token": token}, timeout=5
+    )
+    assert answer.status_code == 200 and reached_upstream(answer)
+    assert answer.headers["Cache-Control"] == "private, no-store"
+
+
+def test_an_open_response_gets_no_cache_control(proxy: Gunicorn, fake_ory: FakeKratos) -> None:
+    token = session_token(fake_ory)
+    answer = requests.get(
+        f"{proxy.url}/open", headers={**JSON, "X-Session-Token": token}, timeout=5
+    )
+    assert answer.status_code == 200 and reached_upstream(answer)
+    assert "Cache-Control" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("setting", "members", "sse"),
+    [
+        ('protected_cache_control = "no-cache"', "no-cache", "no-cache"),
+        ('protected_cache_control = ""', None, "no-cache"),
+        ("", "private, no-store", "no-cache"),
+    ],
+)
+def test_protected_cache_control_is_configurable_and_never_replaces_the_apps(
+    start_proxy: Callable[..., Gunicorn],
+    upstream: ThreadedServer,
+    fake_ory: FakeKratos,
+    setting: str,
+    members: str | None,
+    sse: str,
+) -> None:
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\n{setting}\n'
+        f'[ory]\nsdk_url = "{fake_ory.url}"\n'
+        '[[protect]]\nprefix = "/members"\n[[protect]]\nprefix = "/sse"\n'
+    )
+    headers = {**JSON, "X-Session-Token": session_token(fake_ory)}
+    answer = requests.get(f"{proxy.url}/members", headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers.get("Cache-Control") == members
+    answer = requests.get(f"{proxy.url}/sse?count=1&delay=0", headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == sse
