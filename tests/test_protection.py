@@ -16,6 +16,7 @@ from joserfc import jwt
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
 from servers import Gunicorn, ThreadedServer, free_port, wait_for_port
 
+from ory_wsgi import ConfigError, make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
 
@@ -441,3 +442,9 @@ def test_protected_cache_control_is_configurable_and_never_replaces_the_apps(
     answer = requests.get(f"{proxy.url}/sse?count=1&delay=0", headers=headers, timeout=5)
     assert answer.status_code == 200
     assert answer.headers["Cache-Control"] == sse
+
+
+@pytest.mark.parametrize("value", ["private\r\nSet-Cookie: x=1", "no-store\x0bprivate", "a\x00b"])
+def test_protected_cache_control_must_be_one_header_line(value: str) -> None:
+    with pytest.raises(ConfigError, match="protected_cache_control"):
+        make_app(upstream="http://127.0.0.1:9", protected_cache_control=value)
