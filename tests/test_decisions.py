@@ -202,7 +202,7 @@ def suffix_proxy(
 
 def raw_status(proxy: Gunicorn, target: str, headers: dict[str, str] | None = None) -> int:
     """The status of one GET whose request line is exactly `target`."""
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
     try:
         connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
         return connection.getresponse().status

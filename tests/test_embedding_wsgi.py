@@ -19,6 +19,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from ory_wsgi import ConfigError, OryMiddleware, verify
 from ory_wsgi.middleware import SPOOFABLE_KEYS, load_embedded_settings
 from ory_wsgi.testing import FakeKratos
+from ory_wsgi.testing.server import FakeKratosServer
 
 PROTECT = [{"prefix": "/members"}, {"prefix": "/admin", "aal": "aal2"}]
 
@@ -421,25 +422,32 @@ def test_jwt_enabled_in_the_toml_file_is_honoured(tmp_path: Path) -> None:
 # -- the path judged is the path the app routes on: after SCRIPT_NAME, from the raw target --
 
 
-@pytest.fixture
-def embedded_gunicorn(fake_ory: FakeKratos, tmp_path: Path) -> Iterator[Gunicorn]:
+@pytest.fixture(scope="module")
+def embedded_gunicorn(
+    fake_ory_server: FakeKratosServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
     """echo in OryMiddleware under gunicorn, which takes a client's SCRIPT_NAME header from
     its forwarded_allow_ips (loopback by default)."""
     port = free_port()
     server = Gunicorn(
-        f'test_embedding_wsgi:gunicorn_app("{fake_ory.url}", "http://127.0.0.1:{port}")',
+        f'test_embedding_wsgi:gunicorn_app("{fake_ory_server.url}", "http://127.0.0.1:{port}")',
         port=port,
-        cwd=tmp_path,
+        cwd=tmp_path_factory.mktemp("embedded"),
     )
+    # The port is the master's; the worker may still be importing this module.
+    send(server, "/open", timeout=60)
     yield server
     server.stop()
 
 
 def send(
-    server: Gunicorn | ThreadedServer, target: str, headers: dict[str, str] | None = None
+    server: Gunicorn | ThreadedServer,
+    target: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> tuple[int, bytes]:
     """One request with the request line exactly as given."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     try:
         connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
         response = connection.getresponse()
