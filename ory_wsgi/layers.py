@@ -68,7 +68,7 @@ def ory_layers(
     def around(app: WSGIApplication) -> WSGIApplication:
         app = SessionToken(app, minter, jwt.keep_client_authorization)
         if rules:
-            app = Protect(app, public)
+            app = Protect(app, public, settings.proxy.protected_cache_control)
         app = SessionLookup(app, client, cache, cookie_names)
         if rules:
             app = PathCheck(app, rules)
