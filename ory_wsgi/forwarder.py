@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ory_wsgi.answers import error_answer
-from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError
+from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamBadResponse, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
 from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
@@ -150,11 +150,12 @@ class Forwarder:
         except UpstreamError as exc:
             log.error("%s: %s %s: %s", exc.code, method, _path_only(target), exc)
             environ["ory.error"] = exc.code
-            message = (
-                "The application did not answer in time."
-                if exc.status == 504
-                else "The application could not be reached."
-            )
+            if exc.status == 504:
+                message = "The application did not answer in time."
+            elif isinstance(exc, UpstreamBadResponse):
+                message = "The application sent a response that cannot be passed on."
+            else:
+                message = "The application could not be reached."
             return error_answer(environ, start_response, exc.status, message)
         finally:
             if client is not None:

@@ -15,8 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import upstream_app
-from servers import Gunicorn, ThreadedServer, free_port, log_records
+from servers import Gunicorn, ScriptedUpstream, ThreadedServer, free_port, log_records
 
+from ory_wsgi import make_app
 from ory_wsgi.forwarder import Forwarder
 
 DevProxy = Callable[..., ThreadedServer]
@@ -441,3 +442,168 @@ def test_body_over_max_body_size_is_413_under_gunicorn(
     sized = requests.post(f"{proxy.url}/echo", data=b"x" * 5000, timeout=5)
     chunked = requests.post(f"{proxy.url}/echo", data=iter([b"x" * 600] * 8), timeout=5)
     assert (sized.status_code, chunked.status_code) == (413, 413)
+
+
+# -- what the upstream answers: framing, interim answers, header limits -----------------
+
+
+class RawUpstream(ScriptedUpstream):
+    """A raw upstream that gives every request the answer a test set last."""
+
+    def __init__(self) -> None:
+        self.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        super().__init__(lambda conn, req: self.answer)
+
+
+@pytest.fixture(scope="module")
+def raw_upstream() -> Iterator[RawUpstream]:
+    server = RawUpstream()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["gunicorn", "werkzeug"])
+def edge_proxy(
+    request: pytest.FixtureRequest,
+    raw_upstream: RawUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gunicorn | ThreadedServer]:
+    """The proxy in front of `raw_upstream`, under gunicorn and under werkzeug."""
+    if request.param == "werkzeug":
+        server = ThreadedServer(make_app(upstream=raw_upstream.url, public_url=PUBLIC))
+        yield server
+        server.stop()
+        return
+    directory = tmp_path_factory.mktemp("edge")
+    config = directory / "ory.toml"
+    config.write_text(f'[proxy]\nupstream = "{raw_upstream.url}"\npublic_url = "{PUBLIC}"\n')
+    gunicorn = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=directory)
+    yield gunicorn
+    gunicorn.stop()
+
+
+def answered(
+    proxy: Gunicorn | ThreadedServer, upstream: RawUpstream, answer: bytes
+) -> tuple[requests.Response, str]:
+    """The client's response when the upstream answers `answer`, and the proxy's error line."""
+    upstream.answer = answer
+    path = f"/edge/{uuid.uuid4().hex}"
+    response = requests.get(proxy.url + path, headers={"Accept": "application/json"}, timeout=10)
+    line = ""
+    if isinstance(proxy, Gunicorn) and response.status_code >= 500:
+        wait_until(lambda: path in proxy.log())
+        line = "\n".join(line for line in proxy.log().splitlines() if path in line)
+    return response, line
+
+
+CHUNKED_HELLO = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+        b"Content-Length: 999\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_content_length_with_chunked_answer_gives_the_client_the_whole_body(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream, framing: bytes
+) -> None:
+    response, _ = answered(
+        edge_proxy, raw_upstream, b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n" + CHUNKED_HELLO
+    )
+    assert (response.status_code, response.content) == (200, b"hello world")
+    assert response.headers.get("Content-Length") in (None, "11")
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 5, 6\r\n",
+        b"Content-Length: abc\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: +5\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+    ],
+)
+def test_answer_with_broken_framing_is_502_bad_response_never_unreachable(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream, framing: bytes
+) -> None:
+    response, line = answered(
+        edge_proxy, raw_upstream, b"HTTP/1.1 200 OK\r\n" + framing + b"\r\nhello!"
+    )
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == 502
+    assert "Traceback" not in response.text
+    if isinstance(edge_proxy, Gunicorn):
+        assert "upstream_bad_response" in line
+        assert "upstream_unreachable" not in line
+        assert "Traceback" not in edge_proxy.log()
+
+
+def test_identical_content_lengths_reach_the_client_as_one(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream
+) -> None:
+    response, _ = answered(
+        edge_proxy,
+        raw_upstream,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5, 5\r\n\r\nhello",
+    )
+    assert (response.status_code, response.content) == (200, b"hello")
+    assert response.headers["Content-Length"] == "5"
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload; as=style\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        EARLY_HINTS,
+        EARLY_HINTS * 3,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n" + EARLY_HINTS,
+    ],
+)
+def test_interim_answers_never_become_the_final_answer(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream, interim: bytes
+) -> None:
+    final = b"HTTP/1.1 200 OK\r\nLink: </app.css>; rel=preload\r\nContent-Length: 5\r\n\r\nfinal"
+    response, _ = answered(edge_proxy, raw_upstream, interim + final)
+    assert (response.status_code, response.content) == (200, b"final")
+    assert response.headers["Link"] == "</app.css>; rel=preload"
+
+
+@pytest.mark.parametrize("count", [101, 500, 5000])
+def test_answer_with_many_header_lines_is_forwarded(
+    edge_proxy: Gunicorn | ThreadedServer,
+    raw_upstream: RawUpstream,
+    count: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The test's own client (http.client under requests) stops at 100 lines.
+    monkeypatch.setattr(http.client, "_MAXHEADERS", 100_000)
+    lines = b"".join(b"X-Many-%d: %d\r\n" % (i, i) for i in range(count))
+    response, _ = answered(
+        edge_proxy, raw_upstream, b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+    )
+    assert (response.status_code, response.content) == (200, b"ok")
+    assert response.headers[f"X-Many-{count - 1}"] == str(count - 1)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [b"a: 1\r\n" * 40000, (b"X-Big: " + b"b" * 4000 + b"\r\n") * 100],
+    ids=["lines", "bytes"],
+)
+def test_answer_beyond_the_header_limits_is_502_logged_as_its_own_code(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream, lines: bytes
+) -> None:
+    response, line = answered(
+        edge_proxy, raw_upstream, b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+    )
+    assert response.status_code == 502
+    if isinstance(edge_proxy, Gunicorn):
+        assert "upstream_headers_too_large" in line
+        assert "upstream_unreachable" not in line
