@@ -109,7 +109,10 @@ class Forwarder:
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
-            return error_answer(environ, start_response, 400, str(exc))
+            status = 501 if isinstance(exc, UnknownTransferCoding) else 400
+            return error_answer(
+                environ, start_response, status, str(exc), headers=[("Connection", "close")]
+            )
         except BodyTooLarge:
             return self._too_large(environ, start_response)
 
@@ -206,6 +209,10 @@ class Forwarder:
 
     def _request_body(self, environ: WSGIEnvironment, headers: dict[str, str]) -> tuple[Any, bool]:
         length = environ.get("CONTENT_LENGTH")
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None:
+            _check_transfer_coding(coding, length)
+            return ChunkedBody(environ["wsgi.input"], self.max_body_size), True
         if length:
             # isdigit alone lets `²` through, which int() refuses.
             if not (length.isascii() and length.isdigit()):
@@ -215,8 +222,6 @@ class Forwarder:
                 raise BodyTooLarge()
             headers["Content-Length"] = str(size)
             return (SizedBody(environ["wsgi.input"], size) if size else b""), False
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return ChunkedBody(environ["wsgi.input"], self.max_body_size), True
         return None, False
 
     def _too_large(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
@@ -254,6 +259,31 @@ def request_target(environ: WSGIEnvironment) -> str:
     if "#" in raw:
         raw = raw.split("#", 1)[0]
     return str(raw)
+
+
+class UnknownTransferCoding(BadRequest):
+    """A request body in a transfer coding other than chunked: 501, as RFC 9112 §6.1 asks."""
+
+    status = 501
+
+
+def _check_transfer_coding(value: str, length: str | None) -> None:
+    """Refuse a request Transfer-Encoding other than `chunked` alone, or one with a length.
+
+    The server in front decoded the chunked framing at most: any other coding
+    (`gzip, chunked`) would reach the app as bytes no header declares, and
+    chunked not last, twice, or next to Content-Length is a framing an
+    attacker chose to be read two ways.
+    """
+    codings = [coding.strip().lower() for coding in value.split(",")]
+    if codings == ["chunked"]:
+        if length:
+            raise BadRequest("Transfer-Encoding together with Content-Length")
+        return
+    unknown = [coding for coding in codings if coding != "chunked"]
+    if unknown:
+        raise UnknownTransferCoding(f"unsupported transfer coding {unknown[0][:40]!r}")
+    raise BadRequest("chunked must be the one, last transfer coding")
 
 
 def _path_only(target: str) -> str:

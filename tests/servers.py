@@ -168,6 +168,7 @@ class ScriptedUpstream:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections = 0
+        self.requests = 0  # request heads received, on any connection
         self.running = True
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -195,6 +196,7 @@ class ScriptedUpstream:
                         return
                     buffer += data
                 _, buffer = buffer.split(b"\r\n\r\n", 1)
+                self.requests += 1
                 answer = self.script(index, request)
                 request += 1
                 if answer is None:
