@@ -29,6 +29,8 @@ log = logging.getLogger("ory_wsgi.forwarder")
 
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
+# How a scheme-relative reference starts, as browsers read it (`\` is `/` for http(s)).
+_SCHEME_RELATIVE = frozenset({"//", "/\\", "\\/", "\\\\"})
 # Controls and space: never part of a request target.
 _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
@@ -98,6 +100,8 @@ class Forwarder:
             if parts.port in (None, 80, 443)
             else {origin}
         )
+        # The same origins written scheme-relative: `//host:port`.
+        self.upstream_authorities = tuple({o.partition(":")[2] for o in self.upstream_origins})
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         method = environ["REQUEST_METHOD"]
@@ -188,9 +192,20 @@ class Forwarder:
         return headers, body
 
     def rewrite_location(self, location: str) -> str:
-        """A Location on the upstream's own origin points at the public URL instead."""
-        lowered = location[:64].lower()
-        for origin in self.upstream_origins:
+        """A Location on the upstream's own origin points at the public URL instead.
+
+        Absolute (`http://app:3000/x`) and scheme-relative (`//app:3000/x`,
+        also spelt with backslashes, which browsers read as slashes) forms are
+        rewritten; the rest of the value is kept byte for byte. Any other
+        host is left alone.
+        """
+        lowered = location[:80].lower()
+        if lowered[:2] in _SCHEME_RELATIVE:
+            lowered = "//" + lowered[2:]
+            candidates = self.upstream_authorities
+        else:
+            candidates = self.upstream_origins
+        for origin in candidates:
             if lowered.startswith(origin):
                 rest = location[len(origin) :]
                 if not rest or rest[0] in "/?#":

@@ -258,8 +258,32 @@ def test_location_on_upstream_origin_in_upper_case_points_at_public_url(
 
 
 @pytest.mark.parametrize(
+    ("location", "rest"),
+    [
+        ("//127.0.0.1:{port}/next/", "/next/"),
+        ("//127.0.0.1:{port}", ""),
+        ("//127.0.0.1:{port}?x=1", "?x=1"),
+        ("//127.0.0.1:{port}/a%2Fb/?x=%20#f", "/a%2Fb/?x=%20#f"),
+        ("/\\127.0.0.1:{port}/x/", "/x/"),
+        ("\\\\127.0.0.1:{port}/x", "/x"),
+    ],
+)
+def test_scheme_relative_location_on_upstream_origin_points_at_public_url(
+    proxy: Gunicorn, upstream_gunicorn: Gunicorn, location: str, rest: str
+) -> None:
+    assert redirect_to(proxy.url, location.format(port=upstream_gunicorn.port)) == PUBLIC + rest
+
+
+@pytest.mark.parametrize(
     "other",
     [
+        "//elsewhere.example/x",
+        "//127.0.0.1:{port}0/x",
+        "//127.0.0.1:{port}.evil.example/x",
+        "//127.0.0.1:{port}@evil.example/x",
+        "//localhost:{port}/x",
+        "///127.0.0.1:{port}/x",
+        "/\\elsewhere.example/x",
         "https://elsewhere.example/x",
         "/relative/path/",
         "next",
@@ -288,6 +312,12 @@ def test_location_elsewhere_is_untouched(
         ("http://app.internal:8080", "http://app.internal/x", "http://app.internal/x"),
         ("http://app.internal", "http://app.internal:8080/x", "http://app.internal:8080/x"),
         ("http://app.internal", "https://app.internal/x", "https://app.internal/x"),
+        ("http://app.internal", "//app.internal/x/", "https://pub.example/x/"),
+        ("http://app.internal", "//App.Internal:80/X/", "https://pub.example/X/"),
+        ("https://app.internal", "//app.internal:443", "https://pub.example"),
+        ("http://app.internal:8080", "//app.internal:8080/x", "https://pub.example/x"),
+        ("http://app.internal:8080", "//app.internal/x", "//app.internal/x"),
+        ("http://app.internal", "//app.internal.evil/x", "//app.internal.evil/x"),
     ],
 )
 def test_location_default_port_variants(upstream: str, location: str, expected: str) -> None:
