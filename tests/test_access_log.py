@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import time
 import uuid
@@ -14,6 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from servers import Gunicorn, ThreadedServer, free_port, log_records
+from werkzeug.test import Client
+
+from ory_wsgi.wrappers.access_log import AccessLog
 
 REQUEST_FIELDS = {"request_id", "method", "path", "status", "bytes", "duration_ms"}
 
@@ -217,3 +221,77 @@ def test_refused_upstream_is_logged_502_upstream_unreachable(orphan_proxy: Gunic
     assert (line["status"], line["error"]) == (502, "upstream_unreachable")
     assert "Traceback" not in orphan_proxy.log()
     assert "QUERYSECRET" not in orphan_proxy.log()
+
+
+# -- 499 means the client went away, not that the body was left unread ------------------
+
+
+def test_redirect_whose_body_the_client_never_reads_is_logged_with_its_status(
+    proxy: Gunicorn,
+) -> None:
+    request_id = new_id()
+    parts = urlsplit(proxy.url)
+    with socket.create_connection((parts.hostname, parts.port), 5) as sock:
+        sock.sendall(
+            f"GET /redirect?to=/next HTTP/1.1\r\nHost: app\r\nX-Request-Id: {request_id}"
+            "\r\n\r\n".encode()
+        )
+        assert sock.recv(12).startswith(b"HTTP/1.1 302")  # the status line, nothing more
+    assert logged(proxy, request_id)["status"] == 302
+
+
+class Lines(logging.Handler):
+    """The access-log records of this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.fields.append(getattr(record, "fields", {}))
+
+
+@pytest.fixture
+def access_lines() -> Iterator[Lines]:
+    logger = logging.getLogger("ory_wsgi.access")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def redirect_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("302 Found", [("Location", "/next"), ("Content-Length", "20")])
+    return [b"Redirecting to /next", b""]
+
+
+@pytest.mark.parametrize("status", ["302 Found", "303 See Other", "200 OK", "404 Not Found"])
+def test_body_the_server_stopped_sending_without_an_error_keeps_its_status(
+    access_lines: Lines, status: str
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status, [("Content-Length", "11")])
+        return [b"hello", b" world"]
+
+    response = Client(AccessLog(app)).get("/x", buffered=False)
+    response.close()  # the body was never iterated, and nothing failed
+    assert [line["status"] for line in access_lines.fields] == [int(status[:3])]
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError, ConnectionResetError, TimeoutError])
+def test_body_whose_write_to_the_client_failed_is_logged_499(
+    access_lines: Lines, error: type[OSError]
+) -> None:
+    # What gunicorn and werkzeug do: close() from a `finally` while the write error is raised.
+    body = AccessLog(redirect_app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda status, headers, *exc: None
+    )
+    with pytest.raises(error):
+        try:
+            for _chunk in body:
+                raise error()
+        finally:
+            body.close()  # type: ignore[attr-defined]
+    assert [line["status"] for line in access_lines.fields] == [499]
