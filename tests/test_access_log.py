@@ -295,3 +295,56 @@ def test_body_whose_write_to_the_client_failed_is_logged_499(
         finally:
             body.close()  # type: ignore[attr-defined]
     assert [line["status"] for line in access_lines.fields] == [499]
+
+
+# -- control characters in what a client sent never forge a log line ----------------------
+
+FORGING_PATHS = {
+    "lf": ("/x%0A2026-01-01 INFO ory_wsgi.access request status=200", r"/x\n2026-01-01"),
+    "cr_lf": ("/x%0D%0Aforged=1", r"/x\r\nforged=1"),
+    "cr": ("/x%0Dforged=1", r"/x\rforged=1"),
+    "ansi": ("/x%1B[2K%1B[1Aforged", r"/x\x1b[2K\x1b[1Aforged"),
+    "nel": ("/x%C2%85forged", r"\x85forged"),
+    "del_and_nul": ("/x%7F%00forged", r"/x\x7f\x00forged"),
+}
+
+
+@pytest.fixture(scope="module")
+def text_proxy(
+    upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    server = start_gunicorn(
+        tmp_path_factory.mktemp("text"),
+        f'[proxy]\nupstream = "{upstream.url}"\n[log]\nformat = "text"\n',
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("case", FORGING_PATHS)
+def test_control_characters_in_the_path_are_escaped_in_the_text_log(
+    text_proxy: Gunicorn, case: str
+) -> None:
+    path, escaped = FORGING_PATHS[case]
+    request_id = new_id()
+    requests.get(text_proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
+    deadline = time.monotonic() + 8
+    while request_id not in text_proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = text_proxy.log()
+    lines = [line for line in log.splitlines() if request_id in line]
+    assert len(lines) == 1, log
+    assert escaped in lines[0]
+    assert not [line for line in log.splitlines() if line.startswith(("forged", "2026-01-01"))]
+
+
+@pytest.mark.parametrize("case", FORGING_PATHS)
+def test_control_characters_in_the_path_stay_inside_one_json_line(
+    proxy: Gunicorn, case: str
+) -> None:
+    path, _ = FORGING_PATHS[case]
+    request_id = new_id()
+    requests.get(proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
+    line = logged(proxy, request_id)
+    assert line["path"].startswith("/x") and len(line["path"]) > 2
+    assert not [text for text in proxy.log().splitlines() if text.startswith("forged")]
