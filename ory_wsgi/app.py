@@ -67,6 +67,8 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         max_body_size=proxy.max_body_size,
         connect_timeout=proxy.connect_timeout,
         read_timeout=proxy.read_timeout,
+        body_timeout=proxy.body_timeout,
+        body_min_rate=proxy.body_min_rate,
     )
     app: WSGIApplication = WebSocketSplice(
         forwarder,

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ory_wsgi.answers import error_answer
+from ory_wsgi.body_deadline import BodyDeadline, BodyWatcher
 from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamBadResponse, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
 from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
@@ -41,6 +42,10 @@ class ClientGone(Exception):
 
 class ClientTimeout(ClientGone):
     """The client sent nothing more of its request body for `read_timeout` seconds."""
+
+
+class BodyTooSlow(ClientTimeout):
+    """The request body was not complete by its deadline (`body_timeout`, `body_min_rate`)."""
 
 
 class UpstreamCut(ConnectionResetError):
@@ -77,6 +82,8 @@ class Forwarder:
         read_timeout: float = 120.0,
         max_body_size: int = 0,
         pool_size: int = 64,
+        body_timeout: float = 20.0,
+        body_min_rate: int = 500,
     ) -> None:
         parts = urlsplit(upstream)
         if not parts.hostname:
@@ -92,6 +99,7 @@ class Forwarder:
         self.trusted = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
         self.read_timeout = read_timeout
+        self.body_watcher = BodyWatcher(body_timeout, body_min_rate) if body_timeout else None
         self.public_url = public_url.rstrip("/")
         default_port = ":443" if secure else ":80"
         origin = f"{parts.scheme}://{parts.netloc}".lower()
@@ -125,6 +133,10 @@ class Forwarder:
         # headers and then nothing would hold this worker thread for as long as it likes.
         client = environ.get("gunicorn.socket") if body else None
         blocking = client.gettimeout() if client is not None else None
+        deadline: BodyDeadline | None = None
+        if self.body_watcher is not None and isinstance(body, SizedBody | ChunkedBody):
+            sock = client or environ.get("werkzeug.socket")
+            deadline = body.deadline = self.body_watcher.watch(sock)
         try:
             if client is not None:
                 client.settimeout(self.read_timeout)
@@ -135,6 +147,23 @@ class Forwarder:
             return error_answer(environ, start_response, 400, str(exc))
         except BodyTooLarge:
             return self._too_large(environ, start_response)
+        except BodyTooSlow:
+            assert deadline is not None
+            environ["ory.error"] = "body_timeout"
+            log.warning(
+                "body_timeout: %d bytes of the request body in %.1fs, too slow: %s %s",
+                deadline.received_bytes,
+                time.monotonic() - deadline.started,
+                method,
+                _path_only(target),
+            )
+            return error_answer(
+                environ,
+                start_response,
+                408,
+                "The request body arrived too slowly.",
+                headers=[("Connection", "close")],
+            )
         except ClientTimeout:
             environ["ory.error"] = "client_timeout"
             log.warning(
@@ -165,6 +194,8 @@ class Forwarder:
                 message = "The application could not be reached."
             return error_answer(environ, start_response, exc.status, message)
         finally:
+            if deadline is not None and self.body_watcher is not None:
+                self.body_watcher.release(deadline)
             if client is not None:
                 client.settimeout(blocking)
         environ["ory.upstream_ms"] = (time.perf_counter() - started) * 1000.0
@@ -306,22 +337,41 @@ def _path_only(target: str) -> str:
     return target.split("?", 1)[0]
 
 
+def _read_client(stream: Any, amount: int, deadline: BodyDeadline | None) -> bytes:
+    """Up to `amount` bytes of the request body; b"" at its end. Why a read failed decides
+    the error: the body's deadline passed (the watcher cut it), no byte for
+    `read_timeout`, or the client went."""
+    if deadline is not None:
+        amount = deadline.block(amount)
+    try:
+        data: bytes = stream.read(amount)
+    except TimeoutError as exc:
+        if deadline is not None and deadline.expired:
+            raise BodyTooSlow() from exc
+        raise ClientTimeout() from exc
+    except Exception as exc:
+        if deadline is not None and deadline.expired:
+            raise BodyTooSlow() from exc
+        raise ClientGone() from exc
+    if deadline is not None:
+        if deadline.expired:
+            raise BodyTooSlow()
+        deadline.received(len(data))
+    return data
+
+
 class SizedBody:
     """A file-like view of exactly `size` bytes of `wsgi.input`."""
 
     def __init__(self, stream: Any, size: int) -> None:
         self.stream = stream
         self.remaining = size
+        self.deadline: BodyDeadline | None = None
 
     def read(self, amount: int = CHUNK) -> bytes:
         if self.remaining <= 0:
             return b""
-        try:
-            data: bytes = self.stream.read(min(amount, self.remaining, CHUNK))
-        except TimeoutError as exc:
-            raise ClientTimeout() from exc
-        except Exception as exc:
-            raise ClientGone() from exc
+        data = _read_client(self.stream, min(amount, self.remaining, CHUNK), self.deadline)
         if not data:
             raise ClientGone()
         self.remaining -= len(data)
@@ -334,16 +384,12 @@ class ChunkedBody:
     def __init__(self, stream: Any, limit: int) -> None:
         self.stream = stream
         self.limit = limit
+        self.deadline: BodyDeadline | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         total = 0
         while True:
-            try:
-                data: bytes = self.stream.read(CHUNK)
-            except TimeoutError as exc:
-                raise ClientTimeout() from exc
-            except Exception as exc:
-                raise ClientGone() from exc
+            data = _read_client(self.stream, CHUNK, self.deadline)
             if not data:
                 return
             total += len(data)
