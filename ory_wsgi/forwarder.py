@@ -141,6 +141,11 @@ class Forwarder:
             if client is not None:
                 client.settimeout(self.read_timeout)
             response = self._send(method, target, body, headers, chunked)
+            if response.status < 200:
+                # Upgrade is hop-by-hop and never sent on from here (WebSockets go through
+                # WebSocketSplice): a 101 is the upstream switching protocols unasked.
+                response.close()
+                raise UpstreamBadResponse(f"{response.status} {response.reason[:40]} unasked")
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
@@ -202,7 +207,7 @@ class Forwarder:
 
         out_headers = response_headers(response.headers, self.rewrite_location)
         answer: Any = None
-        if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
+        if method == "HEAD" or response.status in NO_BODY_STATUSES:
             response.release()
         else:
             answer = UpstreamBody(response, environ, method, target)

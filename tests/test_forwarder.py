@@ -605,6 +605,23 @@ def test_interim_answers_never_become_the_final_answer(
     assert response.headers["Link"] == "</app.css>; rel=preload"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\nPRI * HTTP/2.0\r\n",
+        EARLY_HINTS + b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ],
+)
+def test_switching_protocols_nobody_asked_for_is_502_bad_response(
+    edge_proxy: Gunicorn | ThreadedServer, raw_upstream: RawUpstream, answer: bytes
+) -> None:
+    response, line = answered(edge_proxy, raw_upstream, answer)
+    assert response.status_code == 502
+    if isinstance(edge_proxy, Gunicorn):
+        assert "upstream_bad_response" in line
+
+
 @pytest.mark.parametrize("count", [101, 500, 5000])
 def test_answer_with_many_header_lines_is_forwarded(
     edge_proxy: Gunicorn | ThreadedServer,
