@@ -19,6 +19,7 @@ their block is read, so blocks shrink while little time is left (`block`).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -54,6 +55,10 @@ class BodyDeadline:
         self.received_bytes += size
         if self.min_rate:
             self.ends += size / self.min_rate
+
+    def complete(self) -> None:
+        """The whole body is in: waiting for the upstream's answer is not the client's doing."""
+        self.ends = math.inf
 
     def expire(self) -> None:
         """Stop the body: a read blocked on it returns at once (end of input)."""

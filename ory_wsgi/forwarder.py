@@ -331,7 +331,7 @@ def _check_transfer_coding(value: str, length: str | None) -> None:
         if length:
             raise BadRequest("Transfer-Encoding together with Content-Length")
         return
-    unknown = [coding for coding in codings if coding != "chunked"]
+    unknown = [coding for coding in codings if coding and coding != "chunked"]
     if unknown:
         raise UnknownTransferCoding(f"unsupported transfer coding {unknown[0][:40]!r}")
     raise BadRequest("chunked must be the one, last transfer coding")
@@ -380,6 +380,8 @@ class SizedBody:
         if not data:
             raise ClientGone()
         self.remaining -= len(data)
+        if self.remaining <= 0 and self.deadline is not None:
+            self.deadline.complete()
         return data
 
 
@@ -396,6 +398,8 @@ class ChunkedBody:
         while True:
             data = _read_client(self.stream, CHUNK, self.deadline)
             if not data:
+                if self.deadline is not None:
+                    self.deadline.complete()
                 return
             total += len(data)
             if self.limit and total > self.limit:

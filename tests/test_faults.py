@@ -562,6 +562,27 @@ def test_slow_upload_above_the_minimum_rate_is_forwarded_whole(
     assert seconds > 3.5
 
 
+def test_slow_answer_to_a_complete_body_is_not_cut_by_the_body_deadline(
+    start_proxy: ProxyFactory, upstream: ThreadedServer
+) -> None:
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\nbody_timeout = "1s"\nbody_min_rate = 0\n'
+    )
+    # The body is in at once; the app then takes longer than the body's deadline to answer,
+    # and the client's connection must still serve its next request.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"POST /slow?delay=2.5 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        first = http.client.HTTPResponse(sock)
+        first.begin()
+        first.read()
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        second = http.client.HTTPResponse(sock)
+        second.begin()
+        second.read()
+    assert (first.status, second.status) == (200, 200)
+    assert "body_timeout" not in proxy.log()
+
+
 def test_big_upload_at_full_speed_is_not_cut_by_the_body_deadline(
     start_proxy: ProxyFactory, upstream: ThreadedServer
 ) -> None:
