@@ -49,7 +49,9 @@ class BodyDeadline:
         if not self.min_rate:
             return limit
         left = self.ends - time.monotonic()
-        return max(MIN_BLOCK, min(limit, int(left * self.min_rate / 2)))
+        # Never past `limit`: a server may hand over the raw socket, where reading beyond
+        # the body waits for bytes that never come.
+        return min(limit, max(MIN_BLOCK, int(left * self.min_rate / 2)))
 
     def received(self, size: int) -> None:
         self.received_bytes += size
