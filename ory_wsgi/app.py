@@ -71,6 +71,8 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         rewrite_host=proxy.rewrite_host,
         trusted_proxies=proxy.trusted_proxies,
         max_body_size=proxy.max_body_size,
+        body_timeout=proxy.body_timeout,
+        body_min_rate=proxy.body_min_rate,
     )
     app: WSGIApplication = WebSocketSplice(
         forwarder, origins=websocket_origins(settings.cors.allowed_origins, public)

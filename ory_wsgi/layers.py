@@ -101,4 +101,6 @@ def ory_forwarder_for(settings: Settings, public: str) -> OryForwarder:
         max_body_size=proxy.max_body_size,
         connect_timeout=proxy.connect_timeout,
         read_timeout=proxy.read_timeout,
+        body_timeout=proxy.body_timeout,
+        body_min_rate=proxy.body_min_rate,
     )

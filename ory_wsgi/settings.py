@@ -36,6 +36,8 @@ class ProxySettings:
     connect_timeout: float = field(default=5.0, metadata=DURATION)
     read_timeout: float = field(default=120.0, metadata=DURATION)
     max_body_size: int = 0
+    body_timeout: float = field(default=20.0, metadata=DURATION)
+    body_min_rate: int = 500
     state_dir: str = ".ory-wsgi"
     protected_cache_control: str = "private, no-store"
     upstream_ca_file: str = ""
