@@ -8,13 +8,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ory_wsgi.decisions import Decisions
-from ory_wsgi.errors import ConfigError, StartupConfigError
+from ory_wsgi.errors import ConfigError
 from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.layers import Around, ory_forwarder_for, ory_layers
 from ory_wsgi.logs import configure_logging
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
+from ory_wsgi.startup_check import startup_failure
 from ory_wsgi.transport import Transport, parse_upstream
 from ory_wsgi.websocket import WebSocketSplice, websocket_origins
 from ory_wsgi.wrappers.access_log import AccessLog
@@ -36,10 +37,8 @@ def make_app(config: str | os.PathLike[str] | None = None, **overrides: Any) -> 
     """
     try:
         return build_app(load_settings(config, overrides=overrides))
-    except StartupConfigError:
-        raise
     except ConfigError as exc:
-        raise StartupConfigError(str(exc)) from None
+        startup_failure(exc)
 
 
 def public_url(settings: Settings) -> str:
@@ -72,6 +71,8 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         rewrite_host=proxy.rewrite_host,
         trusted_proxies=proxy.trusted_proxies,
         max_body_size=proxy.max_body_size,
+        body_timeout=proxy.body_timeout,
+        body_min_rate=proxy.body_min_rate,
     )
     app: WSGIApplication = WebSocketSplice(
         forwarder, origins=websocket_origins(settings.cors.allowed_origins, public)

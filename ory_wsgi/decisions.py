@@ -5,10 +5,11 @@
 nginx `auth_request`, Caddy `forward_auth` and Traefik `forwardAuth` ask
 before they serve a request. The original request is rebuilt from
 `X-Forwarded-Method/-Proto/-Host/-Uri` (believed only from
-`trusted_proxies`; without them, the method of this request and the path
-after `/decisions`), then run through the same session lookup, protection
-and JWT layers as proxied requests (`around` wraps an app in them), ending
-in an app that allows. Their answer is mapped onto what gateways understand:
+`trusted_proxies`; without them, the method of this request and the raw path
+after `/decisions`, read as the proxy reads a path), then run through the
+same session lookup, protection and JWT layers as proxied requests (`around`
+wraps an app in them), ending in an app that allows; CORS preflights too,
+with no exemption. Their answer is mapped onto what gateways understand:
 
 - allowed: 200, the JWT in `Authorization`, the identity id in `X-Ory-Subject`;
 - no session: 401 (a browser's login redirect becomes a 401 whose `Location`
@@ -29,6 +30,7 @@ from urllib.parse import unquote_to_bytes
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
+from ory_wsgi.forwarder import request_target
 from ory_wsgi.headers import TrustedProxies, client_host
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -55,30 +57,34 @@ class Decisions:
         self.trusted = TrustedProxies(trusted_proxies)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path: str = environ.get("PATH_INFO", "")
-        if not path.startswith(DECISIONS_PATH) or (
-            len(path) > len(DECISIONS_PATH) and path[len(DECISIONS_PATH)] != "/"
-        ):
+        # The raw target, as the proxy reads it: PATH_INFO is decoded (`%23` would
+        # be a `#` there) and moved by SCRIPT_NAME.
+        try:
+            path, _, query = request_target(environ).partition("?")
+        except BadRequest:
+            return self.app(environ, start_response)
+        if path != DECISIONS_PATH and not path.startswith(DECISIONS_PATH + "/"):
             return self.app(environ, start_response)
         try:
-            original = self._original_request(environ)
+            original = self._original_request(environ, path[len(DECISIONS_PATH) :] or "/", query)
         except BadRequest as exc:
             code = "untrusted_proxy" if isinstance(exc, UntrustedProxy) else "bad_request"
             log.warning("decision refused, %s: %s", code, exc)
             return _refuse(environ, start_response, code, f"Malformed forward-auth request: {exc}.")
-        if original["REQUEST_METHOD"] == "OPTIONS" and original.get(
-            "HTTP_ACCESS_CONTROL_REQUEST_METHOD"
-        ):
-            environ["ory.decision"] = "preflight"
-            return _allow(original, start_response)
+        # A CORS preflight is judged like any request: gateways answer preflights
+        # themselves, and one they pass on must not reach a protected app anonymously.
         return self._decide(environ, original, start_response)
 
-    def _original_request(self, environ: WSGIEnvironment) -> WSGIEnvironment:
-        """A copy of `environ` that looks like the request the gateway is asking about."""
+    def _original_request(
+        self, environ: WSGIEnvironment, target: str, query: str
+    ) -> WSGIEnvironment:
+        """A copy of `environ` that looks like the request the gateway is asking about.
+
+        `target` and `query` are what follows `/decisions` in the raw request
+        target, used when no trusted `X-Forwarded-Uri` names the request.
+        """
         original = dict(environ)
         method = environ.get("REQUEST_METHOD", "GET")
-        target = environ.get("PATH_INFO", "")[len(DECISIONS_PATH) :] or "/"
-        query = environ.get("QUERY_STRING", "")
         forwarded_method = environ.get("HTTP_X_FORWARDED_METHOD")
         forwarded_uri = environ.get("HTTP_X_FORWARDED_URI")
         if environ.get("REMOTE_ADDR", "") in self.trusted:

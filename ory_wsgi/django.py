@@ -55,6 +55,7 @@ class OryMiddleware:
         options = middleware_options()
         options["forward_ory"] = False  # Django responses cannot carry Ory's Set-Cookie lines
         self.layers = embedded.OryMiddleware(pass_through, ory_settings(), **options)
+        self.cache_control = self.layers.settings.proxy.protected_cache_control
 
     def __call__(self, request: HttpRequest) -> Any:
         environ = request.META
@@ -82,7 +83,16 @@ class OryMiddleware:
             request.auser = auser
         elif not hasattr(request, "user"):
             request.user = AnonymousUser()
-        return self.get_response(request)
+        response = self.get_response(request)
+        # A page served under a [[protect]] rule must not come back from the
+        # browser's cache after logout.
+        if (
+            self.cache_control
+            and environ.get("ory.rule") is not None
+            and not response.has_header("Cache-Control")
+        ):
+            response["Cache-Control"] = self.cache_control
+        return response
 
 
 def _user_of(request: HttpRequest, identity: Mapping[str, Any]) -> Any:

@@ -30,6 +30,18 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamBadResponse(UpstreamError):
+    """The upstream answered, but not with a response a proxy may pass on (framing, syntax)."""
+
+    code = "upstream_bad_response"
+
+
+class UpstreamHeadersTooLarge(UpstreamBadResponse):
+    """The upstream's response headers are beyond the proxy's limits (lines or bytes)."""
+
+    code = "upstream_headers_too_large"
+
+
 class BodyTooLarge(Exception):
     """The request body is larger than `proxy.max_body_size`."""
 

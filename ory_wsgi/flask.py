@@ -73,6 +73,7 @@ class OryState:
     def __init__(self, middleware: OryMiddleware, gate: SessionGate) -> None:
         self.middleware = middleware
         self.gate = gate
+        self.cache_control = middleware.settings.proxy.protected_cache_control
 
 
 @overload
@@ -86,7 +87,10 @@ def login_required(view: View | None = None, *, aal: str = "") -> View | Callabl
 
     Otherwise a browser is sent to Ory's login (303) and any other client gets
     401 (403 when the AAL is too low) JSON in Kratos' error envelope; 503 when
-    Ory could not be asked. `OPTIONS` requests are never refused.
+    Ory could not be asked. No method is exempt, `OPTIONS` included: CORS
+    preflights are answered by the middleware from `[cors]` before any view.
+    The view's response gets `[proxy] protected_cache_control` when it has no
+    Cache-Control.
     """
     if aal not in ("", "aal1", "aal2", "aal3"):
         raise ValueError(f"aal must be aal1, aal2 or aal3, not {aal!r}")
@@ -98,7 +102,11 @@ def login_required(view: View | None = None, *, aal: str = "") -> View | Callabl
             answer = state.gate.check(request.environ, aal)
             if answer is not None:
                 return Response(answer.body, status=answer.status, headers=answer.headers)
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            response = current_app.make_response(current_app.ensure_sync(view)(*args, **kwargs))
+            # A member page must not come back from the browser's cache after logout.
+            if state.cache_control and "Cache-Control" not in response.headers:
+                response.headers["Cache-Control"] = state.cache_control
+            return response
 
         return cast("View", guarded)
 

@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ory_wsgi.answers import error_answer
-from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamError
+from ory_wsgi.body_deadline import BodyDeadline, BodyWatcher
+from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamBadResponse, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
 from ory_wsgi.transport import Transport
 from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
@@ -31,6 +32,8 @@ log = logging.getLogger("ory_wsgi.forwarder")
 
 CHUNK = 64 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
+# How a scheme-relative reference starts, as browsers read it (`\` is `/` for http(s)).
+_SCHEME_RELATIVE = frozenset({"//", "/\\", "\\/", "\\\\"})
 # Controls and space: never part of a request target.
 _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
@@ -41,6 +44,10 @@ class ClientGone(Exception):
 
 class ClientTimeout(ClientGone):
     """The client sent nothing more of its request body for `read_timeout` seconds."""
+
+
+class BodyTooSlow(ClientTimeout):
+    """The request body was not complete by its deadline (`body_timeout`, `body_min_rate`)."""
 
 
 class UpstreamCut(ConnectionResetError):
@@ -80,6 +87,8 @@ class Forwarder:
         read_timeout: float = 120.0,
         max_body_size: int = 0,
         pool_size: int = 64,
+        body_timeout: float = 20.0,
+        body_min_rate: int = 500,
     ) -> None:
         if isinstance(upstream, str):
             upstream = Transport.for_url(
@@ -92,10 +101,13 @@ class Forwarder:
         self.trusted = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
         self.read_timeout = upstream.read_timeout
+        self.body_watcher = BodyWatcher(body_timeout, body_min_rate) if body_timeout else None
         self.public_url = public_url.rstrip("/")
         # A Unix-socket app knows only the Host it is given: the client's one is
         # the public URL already, and `localhost` (rewrite_host) is rewritten.
         self.upstream_origins = () if target.is_unix and not rewrite_host else target.origins
+        # The same origins written scheme-relative: `//host:port`.
+        self.upstream_authorities = tuple({o.partition(":")[2] for o in self.upstream_origins})
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         method = environ["REQUEST_METHOD"]
@@ -107,7 +119,10 @@ class Forwarder:
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
-            return error_answer(environ, start_response, 400, str(exc))
+            status = 501 if isinstance(exc, UnknownTransferCoding) else 400
+            return error_answer(
+                environ, start_response, status, str(exc), headers=[("Connection", "close")]
+            )
         except BodyTooLarge:
             return self._too_large(environ, start_response)
 
@@ -116,16 +131,42 @@ class Forwarder:
         # headers and then nothing would hold this worker thread for as long as it likes.
         client = environ.get("gunicorn.socket") if body else None
         blocking = client.gettimeout() if client is not None else None
+        deadline: BodyDeadline | None = None
+        if self.body_watcher is not None and isinstance(body, SizedBody | ChunkedBody):
+            sock = client or environ.get("werkzeug.socket")
+            deadline = body.deadline = self.body_watcher.watch(sock)
         try:
             if client is not None:
                 client.settimeout(self.read_timeout)
             response = self._send(method, target, body, headers, chunked)
+            if response.status < 200:
+                # Upgrade is hop-by-hop and never sent on from here (WebSockets go through
+                # WebSocketSplice): a 101 is the upstream switching protocols unasked.
+                response.close()
+                raise UpstreamBadResponse(f"{response.status} {response.reason[:40]} unasked")
         except BadRequest as exc:
             log.warning("bad_request: %s", exc)
             environ["ory.error"] = "bad_request"
             return error_answer(environ, start_response, 400, str(exc))
         except BodyTooLarge:
             return self._too_large(environ, start_response)
+        except BodyTooSlow:
+            assert deadline is not None
+            environ["ory.error"] = "body_timeout"
+            log.warning(
+                "body_timeout: %d bytes of the request body in %.1fs, too slow: %s %s",
+                deadline.received_bytes,
+                time.monotonic() - deadline.started,
+                method,
+                _path_only(target),
+            )
+            return error_answer(
+                environ,
+                start_response,
+                408,
+                "The request body arrived too slowly.",
+                headers=[("Connection", "close")],
+            )
         except ClientTimeout:
             environ["ory.error"] = "client_timeout"
             log.warning(
@@ -148,20 +189,23 @@ class Forwarder:
         except UpstreamError as exc:
             log.error("%s: %s %s: %s", exc.code, method, _path_only(target), exc)
             environ["ory.error"] = exc.code
-            message = (
-                "The application did not answer in time."
-                if exc.status == 504
-                else "The application could not be reached."
-            )
+            if exc.status == 504:
+                message = "The application did not answer in time."
+            elif isinstance(exc, UpstreamBadResponse):
+                message = "The application sent a response that cannot be passed on."
+            else:
+                message = "The application could not be reached."
             return error_answer(environ, start_response, exc.status, message)
         finally:
+            if deadline is not None and self.body_watcher is not None:
+                self.body_watcher.release(deadline)
             if client is not None:
                 client.settimeout(blocking)
         environ["ory.upstream_ms"] = (time.perf_counter() - started) * 1000.0
 
         out_headers = response_headers(response.headers, self.rewrite_location)
         answer: Any = None
-        if method == "HEAD" or response.status in NO_BODY_STATUSES or response.status < 200:
+        if method == "HEAD" or response.status in NO_BODY_STATUSES:
             response.release()
         else:
             answer = UpstreamBody(response, environ, method, target)
@@ -182,9 +226,20 @@ class Forwarder:
         return headers, body
 
     def rewrite_location(self, location: str) -> str:
-        """A Location on the upstream's own origin points at the public URL instead."""
-        lowered = location[:64].lower()
-        for origin in self.upstream_origins:
+        """A Location on the upstream's own origin points at the public URL instead.
+
+        Absolute (`http://app:3000/x`) and scheme-relative (`//app:3000/x`,
+        also spelt with backslashes, which browsers read as slashes) forms are
+        rewritten; the rest of the value is kept byte for byte. Any other
+        host is left alone.
+        """
+        lowered = location[:80].lower()
+        if lowered[:2] in _SCHEME_RELATIVE:
+            lowered = "//" + lowered[2:]
+            candidates = self.upstream_authorities
+        else:
+            candidates = self.upstream_origins
+        for origin in candidates:
             if lowered.startswith(origin):
                 rest = location[len(origin) :]
                 if not rest or rest[0] in "/?#":
@@ -203,6 +258,10 @@ class Forwarder:
 
     def _request_body(self, environ: WSGIEnvironment, headers: dict[str, str]) -> tuple[Any, bool]:
         length = environ.get("CONTENT_LENGTH")
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None:
+            _check_transfer_coding(coding, length)
+            return ChunkedBody(environ["wsgi.input"], self.max_body_size), True
         if length:
             # isdigit alone lets `²` through, which int() refuses.
             if not (length.isascii() and length.isdigit()):
@@ -212,8 +271,6 @@ class Forwarder:
                 raise BodyTooLarge()
             headers["Content-Length"] = str(size)
             return (SizedBody(environ["wsgi.input"], size) if size else b""), False
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return ChunkedBody(environ["wsgi.input"], self.max_body_size), True
         return None, False
 
     def _too_large(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
@@ -253,9 +310,57 @@ def request_target(environ: WSGIEnvironment) -> str:
     return str(raw)
 
 
+class UnknownTransferCoding(BadRequest):
+    """A request body in a transfer coding other than chunked: 501, as RFC 9112 §6.1 asks."""
+
+    status = 501
+
+
+def _check_transfer_coding(value: str, length: str | None) -> None:
+    """Refuse a request Transfer-Encoding other than `chunked` alone, or one with a length.
+
+    The server in front decoded the chunked framing at most: any other coding
+    (`gzip, chunked`) would reach the app as bytes no header declares, and
+    chunked not last, twice, or next to Content-Length is a framing an
+    attacker chose to be read two ways.
+    """
+    codings = [coding.strip().lower() for coding in value.split(",")]
+    if codings == ["chunked"]:
+        if length:
+            raise BadRequest("Transfer-Encoding together with Content-Length")
+        return
+    unknown = [coding for coding in codings if coding and coding != "chunked"]
+    if unknown:
+        raise UnknownTransferCoding(f"unsupported transfer coding {unknown[0][:40]!r}")
+    raise BadRequest("chunked must be the one, last transfer coding")
+
+
 def _path_only(target: str) -> str:
     """The target without its query, which may carry tokens: what error lines show."""
     return target.split("?", 1)[0]
+
+
+def _read_client(stream: Any, amount: int, deadline: BodyDeadline | None) -> bytes:
+    """Up to `amount` bytes of the request body; b"" at its end. Why a read failed decides
+    the error: the body's deadline passed (the watcher cut it), no byte for
+    `read_timeout`, or the client went."""
+    if deadline is not None:
+        amount = deadline.block(amount)
+    try:
+        data: bytes = stream.read(amount)
+    except TimeoutError as exc:
+        if deadline is not None and deadline.expired:
+            raise BodyTooSlow() from exc
+        raise ClientTimeout() from exc
+    except Exception as exc:
+        if deadline is not None and deadline.expired:
+            raise BodyTooSlow() from exc
+        raise ClientGone() from exc
+    if deadline is not None:
+        if deadline.expired:
+            raise BodyTooSlow()
+        deadline.received(len(data))
+    return data
 
 
 class SizedBody:
@@ -264,19 +369,17 @@ class SizedBody:
     def __init__(self, stream: Any, size: int) -> None:
         self.stream = stream
         self.remaining = size
+        self.deadline: BodyDeadline | None = None
 
     def read(self, amount: int = CHUNK) -> bytes:
         if self.remaining <= 0:
             return b""
-        try:
-            data: bytes = self.stream.read(min(amount, self.remaining, CHUNK))
-        except TimeoutError as exc:
-            raise ClientTimeout() from exc
-        except Exception as exc:
-            raise ClientGone() from exc
+        data = _read_client(self.stream, min(amount, self.remaining, CHUNK), self.deadline)
         if not data:
             raise ClientGone()
         self.remaining -= len(data)
+        if self.remaining <= 0 and self.deadline is not None:
+            self.deadline.complete()
         return data
 
 
@@ -286,17 +389,15 @@ class ChunkedBody:
     def __init__(self, stream: Any, limit: int) -> None:
         self.stream = stream
         self.limit = limit
+        self.deadline: BodyDeadline | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         total = 0
         while True:
-            try:
-                data: bytes = self.stream.read(CHUNK)
-            except TimeoutError as exc:
-                raise ClientTimeout() from exc
-            except Exception as exc:
-                raise ClientGone() from exc
+            data = _read_client(self.stream, CHUNK, self.deadline)
             if not data:
+                if self.deadline is not None:
+                    self.deadline.complete()
                 return
             total += len(data)
             if self.limit and total > self.limit:

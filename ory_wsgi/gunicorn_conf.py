@@ -2,7 +2,8 @@
 
     gunicorn -c python:ory_wsgi.gunicorn_conf 'ory_wsgi:make_app("ory.toml")'
 
-Threaded workers, timeouts that suit a proxy, and a graceful shutdown that
+Threaded workers, timeouts that suit a proxy, settings judged once in the
+master (a bad one: one line, exit code 4), and a graceful shutdown that
 turns readiness 503 first. Command-line flags override any of these. The
 environment may set `PORT` (default 4000), `WEB_CONCURRENCY` (workers,
 default the number of CPUs) and `ORY_DRAIN_SECONDS` (how long a worker keeps
@@ -19,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from ory_wsgi.readiness import begin_shutdown
+from ory_wsgi.startup_check import check_in_master
 
 DRAIN = int(os.environ.get("ORY_DRAIN_SECONDS", "0"))
 
@@ -43,7 +45,12 @@ forwarded_allow_ips = ""
 
 
 def on_starting(server: Any) -> None:
-    """Start Prometheus' multiprocess directory empty: old workers' files would count again."""
+    """Judge the settings once, here in the master: a bad one is one line and exit code 4.
+
+    Then start Prometheus' multiprocess directory empty: old workers' files
+    (and the check's own) would count again.
+    """
+    check_in_master(server)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory and os.path.isdir(directory):
         for name in os.listdir(directory):

@@ -1,9 +1,12 @@
 """Which request headers reach the upstream, and how X-Forwarded-* is set.
 
 Incoming X-Forwarded-* and Forwarded are believed only when the peer is in
-`proxy.trusted_proxies`; otherwise they are replaced by what this proxy saw.
-A client's Authorization and Ory-* headers are never copied: the upstream
-gets `environ["ory.authorization"]` (set by the JWT layer) or nothing.
+`proxy.trusted_proxies`; otherwise they are replaced by what this proxy saw,
+and client-IP headers (`X-Real-IP`, `True-Client-IP`, ...) and the rest of
+the X-Forwarded-* family (`-Port`, `-Prefix`, ...) are dropped. A
+client's Authorization, Ory-* and identity headers (`X-Ory-*`, `Remote-User`,
+`X-Forwarded-User`, ...: `ory_wsgi.identity_headers`) are never copied: the
+upstream gets `environ["ory.authorization"]` (set by the JWT layer) or nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ssl
 from collections.abc import Callable, Iterable
 
 from ory_wsgi.errors import BadRequest
+from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, PROXY_KEYS
 
 HOP_BY_HOP = frozenset(
     {
@@ -44,6 +48,9 @@ _HANDLED = frozenset(
     }
     | {"HTTP_" + name.upper().replace("-", "_") for name in HOP_BY_HOP}
 )
+# Never copied as they come, for a peer in trusted_proxies and for any other.
+_NOT_COPIED_FROM_TRUSTED = _HANDLED | IDENTITY_KEYS
+_NOT_COPIED = _NOT_COPIED_FROM_TRUSTED | PROXY_KEYS
 
 _HOST_RE = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::[0-9]{1,5})?$")
 
@@ -115,13 +122,16 @@ def upstream_headers(
         dropped = {
             "HTTP_" + token.strip().upper().replace("-", "_") for token in connection.split(",")
         }
+    remote = str(environ.get("REMOTE_ADDR") or "")
+    trusted_peer = remote in trusted
+    not_copied = _NOT_COPIED_FROM_TRUSTED if trusted_peer else _NOT_COPIED
     headers: dict[str, str] = {}
     for key, value in environ.items():
         if (
             key.startswith("HTTP_")
-            and key not in _HANDLED
+            and key not in not_copied
             and key not in dropped
-            and not key.startswith("HTTP_ORY_")
+            and not key.startswith(IDENTITY_PREFIXES)
         ):
             headers[header_name(key)] = value  # type: ignore[assignment]
     content_type = environ.get("CONTENT_TYPE")
@@ -129,12 +139,11 @@ def upstream_headers(
         headers["Content-Type"] = content_type  # type: ignore[assignment]
 
     host = client_host(environ)
-    remote = str(environ.get("REMOTE_ADDR") or "")
     scheme = connection_scheme(environ)
     forwarded_for = remote
     forwarded_proto, forwarded_host = scheme, host
     forwarded = _forwarded_element(remote, host, scheme)
-    if remote in trusted:
+    if trusted_peer:
         prior = environ.get("HTTP_X_FORWARDED_FOR")
         if prior:
             forwarded_for = f"{prior}, {remote}"

@@ -2,6 +2,13 @@
 
 The first key signs; every key is published, so tokens signed before a
 rotation keep verifying until they expire.
+
+A key file must be private, as ssh and PostgreSQL want theirs: owned by the
+user the process runs as and neither readable nor writable by group or
+others (0600), or owned by root with no access for others and no group
+write (0640: a Kubernetes secret with `fsGroup`). A pre-existing state
+directory must not be writable by group or others. Anything else is refused
+with one line that says how to fix the permissions.
 """
 
 from __future__ import annotations
@@ -9,6 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
+import shlex
+import stat
 import tempfile
 import threading
 import time
@@ -250,9 +260,68 @@ def _parse_pem(path: str, data: bytes) -> ECKey:
 def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as file:
+            # fstat: the file checked is the file read, even if the name is swapped.
+            _check_private_file(path, os.fstat(file.fileno()))
             return file.read()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read key file: {_one_line(error)}") from None
+
+
+def _check_private_file(path: str, status: os.stat_result) -> None:
+    """Refuse a key file another user could read (the private key) or replace."""
+    uid = os.geteuid()
+    mode = stat.S_IMODE(status.st_mode)
+    quoted = shlex.quote(path)
+    if status.st_uid == uid:
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path}: the key file holds a private key and is open to group or others "
+                f"(mode {mode:04o}); run `chmod 600 {quoted}`"
+            )
+    elif status.st_uid == 0:
+        if mode & 0o027:
+            raise ConfigError(
+                f"{path}: the key file holds a private key and is open to others or writable "
+                f"by its group (mode {mode:04o}); run `chmod 640 {quoted}` (or `chown "
+                f"{_user_name(uid)} {quoted}` and `chmod 600 {quoted}`)"
+            )
+    else:
+        raise ConfigError(
+            f"{path}: the key file belongs to {_user_name(status.st_uid)}, not to "
+            f"{_user_name(uid)} who runs ory_wsgi; run `chown {_user_name(uid)} {quoted}` "
+            f"and `chmod 600 {quoted}`"
+        )
+
+
+def _check_private_dir(directory: str) -> None:
+    """Refuse a state directory someone else could write into: they could swap the key set."""
+    try:
+        status = os.stat(directory)
+    except OSError as error:
+        raise ConfigError(
+            f"{directory}: cannot use the state directory: {_one_line(error)}"
+        ) from None
+    uid = os.geteuid()
+    quoted = shlex.quote(directory)
+    if status.st_uid not in (uid, 0):
+        raise ConfigError(
+            f"{directory}: the state directory belongs to {_user_name(status.st_uid)}, not to "
+            f"{_user_name(uid)} who runs ory_wsgi; run `chown {_user_name(uid)} {quoted}` and "
+            f"`chmod 700 {quoted}`"
+        )
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o022:
+        raise ConfigError(
+            f"{directory}: the state directory is writable by group or others (mode "
+            f"{mode:04o}), so they could replace the key set; run `chmod 700 {quoted}`"
+        )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _file_signature(path: str) -> tuple[int, int, int]:
@@ -269,6 +338,7 @@ def _make_private_dir(directory: str) -> None:
         os.makedirs(parent, exist_ok=True)
         os.mkdir(directory, 0o700)
     except FileExistsError:
+        _check_private_dir(directory)
         return
     except OSError as error:
         raise ConfigError(

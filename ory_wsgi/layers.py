@@ -68,7 +68,7 @@ def ory_layers(
     def around(app: WSGIApplication) -> WSGIApplication:
         app = SessionToken(app, minter, jwt.keep_client_authorization)
         if rules:
-            app = Protect(app, public)
+            app = Protect(app, public, settings.proxy.protected_cache_control)
         app = SessionLookup(app, client, cache, cookie_names)
         if rules:
             app = PathCheck(app, rules)
@@ -101,4 +101,6 @@ def ory_forwarder_for(settings: Settings, public: str) -> OryForwarder:
         max_body_size=proxy.max_body_size,
         connect_timeout=proxy.connect_timeout,
         read_timeout=proxy.read_timeout,
+        body_timeout=proxy.body_timeout,
+        body_min_rate=proxy.body_min_rate,
     )

@@ -57,16 +57,37 @@ class JsonFormatter(logging.Formatter):
         )
 
 
+# Controls that would end a line or rewrite a terminal: C0, DEL, C1 (NEL is U+0085) and
+# Unicode's line and paragraph separators, written as Python escapes.
+_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: control characters written as `\\n`, `\\x1b`, ..."""
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
+    """`time LEVEL logger message key=value ...`, one line per record (a traceback aside).
+
+    The message and the fields often carry what a client sent (a path, a
+    header): their control characters are escaped, so a request cannot end
+    the line and write one of its own.
+    """
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
         fields = getattr(record, "fields", None)
         if fields:
             text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-        return text
+        return escape_controls(text)
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]

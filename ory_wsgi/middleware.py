@@ -13,52 +13,29 @@ import os
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote_to_bytes, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from ory_wsgi.answers import error_answer, wants_html
 from ory_wsgi.errors import ConfigError
+from ory_wsgi.headers import TrustedProxies
+from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, environ_keys, strip_claims
 from ory_wsgi.layers import ory_forwarder_for, ory_layers
 from ory_wsgi.paths import compile_rule
 from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
+from ory_wsgi.wrappers import path_check
+from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import ProxyNamespace
 from ory_wsgi.wrappers.ory_route import OryRoute
 from ory_wsgi.wrappers.protect import Protect
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-# Client headers that identify a user to some framework or app (Django's
-# RemoteUserMiddleware subclasses, oauth2-proxy, Apache/nginx auth modules):
-# with no proxy in front to drop them, the embedded middleware removes them.
-SPOOFABLE_KEYS = frozenset(
-    {
-        "HTTP_REMOTE_USER",
-        "HTTP_X_REMOTE_USER",
-        "HTTP_X_USER",
-        "HTTP_X_USER_ID",
-        "HTTP_X_USER_EMAIL",
-        "HTTP_X_EMAIL",
-        "HTTP_X_SUBJECT",
-        "HTTP_X_FORWARDED_USER",
-        "HTTP_X_FORWARDED_EMAIL",
-        "HTTP_X_FORWARDED_PREFERRED_USERNAME",
-        "HTTP_X_FORWARDED_GROUPS",
-        "HTTP_X_FORWARDED_ACCESS_TOKEN",
-        "HTTP_X_AUTH_REQUEST_USER",
-        "HTTP_X_AUTH_REQUEST_EMAIL",
-        "HTTP_X_AUTH_REQUEST_PREFERRED_USERNAME",
-        "HTTP_X_AUTH_REQUEST_GROUPS",
-        "HTTP_X_AUTH_REQUEST_ACCESS_TOKEN",
-        "HTTP_X_AUTHENTICATED_USER",
-        "HTTP_X_AUTHENTICATED_USERID",
-        "HTTP_X_AUTHENTICATED_EMAIL",
-        "HTTP_X_AUTHENTICATED_GROUPS",
-        "HTTP_X_WEBAUTH_USER",
-    }
-)
-# Every header in these families: X-Ory-Subject (forward-auth answers), Ory-* (Ory's own).
-SPOOFABLE_PREFIXES = ("HTTP_X_ORY_", "HTTP_ORY_")
+# Client headers that claim an identity: one list with the proxy's (identity_headers).
+SPOOFABLE_KEYS = IDENTITY_KEYS
+SPOOFABLE_PREFIXES = IDENTITY_PREFIXES
 
-EMBEDDED_KEY = "ory.embedded"
-"""Set in environ by OryMiddleware: an inner Django middleware does not look twice."""
+# Set in environ by OryMiddleware: paths are judged after SCRIPT_NAME, and an
+# inner Django middleware does not look twice.
+EMBEDDED_KEY = path_check.EMBEDDED_KEY
 PASSED_KEY = "ory.passed"
 LOGIN_PATH = "/.ory/proxy/login"
 # Names in a framework's ORY_* config that are not TOML keys.
@@ -169,14 +146,17 @@ class OryMiddleware:
     1. client headers that claim an identity are removed (`SPOOFABLE_KEYS`,
        `X-Ory-*`, `Ory-*`, and `strip_headers`);
     2. `/.ory/proxy/login`, `/.ory/proxy/logout` (and the JWKS with JWT on);
-    3. `/.ory/*` forwarded to Ory (unless `forward_ory=False`);
-    4. the session lookup, `[[protect]]`, session → JWT, as in the proxy
-       (CORS preflights skip them: the app's own CORS answers those).
+    3. CORS preflights, answered from `[cors]` as the proxy answers them
+       (never by the app: a preflight carries no session);
+    4. `/.ory/*` forwarded to Ory (unless `forward_ory=False`);
+    5. the session lookup, `[[protect]]`, session → JWT, as in the proxy.
 
     The app then gets `ory.session`, `ory.identity`, `ory.error`,
     `ory.aal_required` in `environ`; no client `Authorization` (the JWT
     instead, when on); and, with `[[protect]]` rules, `PATH_INFO` set to the
-    normalised path that was checked.
+    normalised path that was checked. Rules and `/.ory` are relative to the
+    app's mount point: the path judged is the raw request target minus
+    `SCRIPT_NAME` (400 when the target is not under it).
     """
 
     def __init__(
@@ -213,8 +193,9 @@ class OryMiddleware:
             inner = OryRoute(inner, forwarder, urlsplit(ory_url).path)
         self.forwarder = forwarder
         self.stack: WSGIApplication = SpoofGuard(
-            ProxyNamespace(PreflightPass(inner, handoff), routes),
+            ProxyNamespace(PreflightAnswer(inner, settings, public), routes),
             frozenset(k.upper() for k in strip_headers),
+            settings.proxy.trusted_proxies,
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -224,40 +205,46 @@ class OryMiddleware:
 class SpoofGuard:
     """Removes client headers that claim an identity, before anything reads the request."""
 
-    def __init__(self, app: WSGIApplication, extra_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        extra_keys: frozenset[str] = frozenset(),
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
         self.app = app
-        self.keys = SPOOFABLE_KEYS | {
-            key if key.startswith("HTTP_") else "HTTP_" + key.replace("-", "_")
-            for key in extra_keys
-        }
+        self.keys = environ_keys(extra_keys)
+        self.trusted = TrustedProxies(trusted_proxies)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        keys = self.keys
-        spoofed = [
-            key
-            for key in environ
-            if key.startswith("HTTP_") and (key in keys or key.startswith(SPOOFABLE_PREFIXES))
-        ]
-        for key in spoofed:
-            del environ[key]
+        trusted_peer = environ.get("REMOTE_ADDR", "") in self.trusted
+        strip_claims(environ, trusted_peer=trusted_peer, extra_keys=self.keys)
         environ[EMBEDDED_KEY] = True
         return self.app(environ, start_response)
 
 
-class PreflightPass:
-    """CORS preflights skip the session layers (never gated, §9): the app's CORS answers them."""
+class PreflightAnswer:
+    """CORS preflights are answered here from `[cors]` (§9, §10): they never reach the app.
 
-    def __init__(self, app: WSGIApplication, preflight_app: WSGIApplication) -> None:
+    A preflight is anonymous by definition; handed to the app, it would run a
+    protected view without a session. The answer is the proxy's own (`Cors`):
+    204 for an allowed origin, 403 for any other. Other requests pass, and the
+    app's own CORS headers on them are left alone.
+    """
+
+    def __init__(self, app: WSGIApplication, settings: Settings, public_url: str) -> None:
         self.app = app
-        self.preflight_app = preflight_app
+        cors = settings.cors
+        # Cors answers a preflight itself and passes nothing else here.
+        self.cors = Cors(
+            app, cors.allowed_origins, public_url, cors.additional_headers, cors.max_age
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "OPTIONS" and environ.get(
-            "HTTP_ACCESS_CONTROL_REQUEST_METHOD"
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ
         ):
-            environ.pop("HTTP_AUTHORIZATION", None)
-            environ["ory.session"] = environ["ory.identity"] = None
-            return self.preflight_app(environ, start_response)
+            return self.cors(environ, start_response)
         return self.app(environ, start_response)
 
 
@@ -271,29 +258,15 @@ class AppHandoff:
         authorization = environ.pop("ory.authorization", None)
         if authorization:
             environ["HTTP_AUTHORIZATION"] = authorization
-        target = environ.get("ory.target")
-        if target is not None:
-            path_info = checked_path_info(target, environ.get("SCRIPT_NAME", ""))
-            if path_info is None:
-                return error_answer(
-                    environ, start_response, 400, "Malformed request: the path leaves the app."
-                )
+        path_info = environ.get("ory.path_info")
+        if path_info is not None:
+            # The path the rules judged (PathCheck), and nothing else, is what the app routes on.
             environ["PATH_INFO"] = path_info
+            target = environ["ory.target"]
             for key in ("RAW_URI", "REQUEST_URI"):
                 if key in environ:
                     environ[key] = target
         return self.app(environ, start_response)
-
-
-def checked_path_info(target: str, script_name: str) -> str | None:
-    """`PATH_INFO` for the normalised target (WSGI's latin-1 text), or None if outside the mount."""
-    path = unquote_to_bytes(target.partition("?")[0]).decode("latin-1")
-    script_name = script_name.rstrip("/")
-    if not script_name:
-        return path
-    if path == script_name or path.startswith(script_name + "/"):
-        return path[len(script_name) :]
-    return None
 
 
 def pass_through(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -349,8 +322,8 @@ class SessionGate:
         }
 
     def check(self, environ: WSGIEnvironment, aal: str = "") -> Answer | None:
-        if environ.get("REQUEST_METHOD") == "OPTIONS":
-            return None
+        # No method is exempt: a view that accepts OPTIONS runs its code for it.
+        # CORS preflights never get here, the middleware answers them.
         previous = environ.get("ory.rule")
         environ["ory.rule"] = self.rules[aal]
         try:

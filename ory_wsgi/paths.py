@@ -18,10 +18,19 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 # Spellings some servers or frameworks turn into a separator, a fragment or an
 # end of string behind our back: refused where they could hide a protected path.
-_SUSPICIOUS_RE = re.compile(r"%(?:2[Ff]|5[Cc]|00|23|25|[Uu][0-9A-Fa-f]{4})|\\|\x00")
+# Encoded C0 controls and DEL among them: Python's `re` `$` matches before a final
+# newline, so routers using it serve `/members%0A` as `/members`.
+_SUSPICIOUS_RE = re.compile(
+    r"%(?:2[Ff]|5[Cc]|[01][0-9A-Fa-f]|7[Ff]|23|25|[Uu][0-9A-Fa-f]{4})|\\|[\x00-\x1f\x7f]"
+)
 # IIS's non-standard `%uXXXX` escapes.
 _WIDE_ESCAPE_RE = re.compile(r"%[Uu]([0-9A-Fa-f]{4})")
 _HIGH_ESCAPE_RE = re.compile(r"%[89A-Fa-f][0-9A-Fa-f]")
+# What lenient readers drop from the end of a segment: whitespace (Unicode's too,
+# as `str.strip` sees it), C0 controls and DEL; then also dots, as Windows does.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_TRAILING_BLANK = re.compile(r"[\s\x00-\x1f\x7f]+\Z")
+_TRAILING_BLANK_OR_DOT = re.compile(r"[\s\x00-\x1f\x7f.]+\Z")
 # Overlong UTF-8 for '/', '.' and '\' (as latin-1 text): old decoders read them as such.
 _OVERLONG = (
     ("\xc0\xaf", "/"),
@@ -70,6 +79,11 @@ def normalise_path(raw: str) -> NormalisedPath:
     )
 
 
+def readings(decoded: str) -> tuple[str, ...]:
+    """Every reading the rules consider of an already decoded path (see `NormalisedPath`)."""
+    return _views(decoded)
+
+
 def _views(decoded: str) -> tuple[str, ...]:
     """Readings of a decoded path, lenient and resolved first, duplicates dropped."""
     # Some routers decode the path and then cut it at a `?` it spelled.
@@ -86,7 +100,8 @@ def _views(decoded: str) -> tuple[str, ...]:
 def lenient_match_paths(raw: str) -> tuple[str, ...]:
     """The path as lenient applications could read it: every escape decoded
     (thrice over, for double encoding; IIS's `%uXXXX` too), overlong UTF-8 and `\\` as what they
-    spell, with NUL and `#` read as an end or as a plain character, with dot
+    spell, with NUL and `#` read as an end or as a plain character, controls
+    dropped or kept (trailing ones trimmed, as `re`'s `$` reads them), with dot
     segments resolved and without. Used to decide whether a suspicious path
     comes near a protected area."""
     views: dict[str, None] = {}
@@ -98,7 +113,13 @@ def lenient_match_paths(raw: str) -> tuple[str, ...]:
         for overlong, plain in _OVERLONG:
             spelled = spelled.replace(overlong, plain)
         for slashed in {text.replace("\\", "/"), spelled.replace("\\", "/")}:
-            for variant in (slashed, slashed.split("\x00", 1)[0].split("#", 1)[0]):
+            # WHATWG URL parsers drop tabs and newlines wherever they are.
+            variants = (
+                slashed,
+                slashed.split("\x00", 1)[0].split("#", 1)[0],
+                _CONTROL_RE.sub("", slashed),
+            )
+            for variant in variants:
                 variant = "/" + variant.lstrip("/")
                 views.update(dict.fromkeys(_views(variant)))
     return tuple(views)
@@ -126,16 +147,17 @@ def _decode_any(match: re.Match[str]) -> str:
 def _reading(path: str, *, lenient: bool, resolve: bool) -> str:
     """Empty and `.` segments dropped (`//` -> `/`); with `resolve`, RFC 3986
     remove_dot_segments (`..;x` counts as `..`, as Tomcat reads it); with
-    `lenient`, `;params` dropped and trailing dots and spaces trimmed (as
-    servlet containers and Windows servers read a segment)."""
+    `lenient`, `;params` dropped and trailing dots, whitespace and controls
+    trimmed (as servlet containers, Windows servers and routers matching with
+    `re`'s `$` read a segment)."""
     output: list[str] = []
     segments = path.split("/")[1:]
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
         if lenient:
-            segment = segment.split(";", 1)[0].rstrip(" ")
+            segment = _TRAILING_BLANK.sub("", segment.split(";", 1)[0])
             if segment not in (".", ".."):
-                segment = segment.rstrip(". ")
+                segment = _TRAILING_BLANK_OR_DOT.sub("", segment)
         bare = segment.split(";", 1)[0]
         # `.` means "here" to every reader; `..` only to those that resolve.
         if bare == "." or (resolve and bare == ".."):

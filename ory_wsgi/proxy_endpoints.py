@@ -40,7 +40,9 @@ class LogoutEndpoint:
     """`/.ory/proxy/logout`: ends the browser's Ory session in one click.
 
     Kratos' logout takes two steps (ask for a logout URL, then visit it); this
-    does the first server-side and sends the browser to the second. A request
+    does the first server-side and sends the browser to the second, asking
+    Ory to return it to `after_logout_url` (`[proxy] default_redirect_url`,
+    else the public URL's `/`) rather than to Ory's own page. A request
     from another site (`Sec-Fetch-Site: cross-site`) is refused, so a foreign
     page cannot log users out.
     """
@@ -64,7 +66,9 @@ class LogoutEndpoint:
         location: str | None = None
         if credentials is not None:
             try:
-                location = self.client.logout_url(credentials, environ.get("ory.request_id", ""))
+                location = self.client.logout_url(
+                    credentials, environ.get("ory.request_id", ""), self.after_logout_url
+                )
             except OryUnavailable:
                 return error_answer(
                     environ,

@@ -36,7 +36,10 @@ class ProxySettings:
     connect_timeout: float = field(default=5.0, metadata=DURATION)
     read_timeout: float = field(default=120.0, metadata=DURATION)
     max_body_size: int = 0
+    body_timeout: float = field(default=20.0, metadata=DURATION)
+    body_min_rate: int = 500
     state_dir: str = ".ory-wsgi"
+    protected_cache_control: str = "private, no-store"
     upstream_ca_file: str = ""
     upstream_client_cert: str = ""
     upstream_client_key: str = ""
@@ -590,6 +593,11 @@ def _validate(settings: Settings, merged: Layer) -> None:
         _check_origin(proxy.public_url, where("proxy", "public_url"))
     if proxy.default_redirect_url:
         _check_url(proxy.default_redirect_url, where("proxy", "default_redirect_url"))
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in proxy.protected_cache_control):
+        raise ConfigError(
+            f"{where('proxy', 'protected_cache_control')}: must be one header line, "
+            f"got {proxy.protected_cache_control!r}"
+        )
     for cidr in proxy.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -22,7 +22,13 @@ import select
 import threading
 from typing import Any
 
-from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
+from ory_wsgi.errors import (
+    BadRequest,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamHeadersTooLarge,
+    UpstreamTimeout,
+)
 from ory_wsgi.transport import Transport
 
 BLOCKSIZE = 64 * 1024
@@ -31,7 +37,14 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _READABLE = select.POLLIN | select.POLLERR | select.POLLHUP
 MAX_LINE = 65536
-MAX_HEADERS = 100
+# How many header lines, and how many bytes of them, an answer may carry: gunicorn accepts
+# up to 32768 request fields at most (limit_request_fields), and operators raise nginx's
+# proxy_buffer_size (the whole response header; 4-8 KiB by default) to 16-256 KiB.
+MAX_HEADERS = 32768
+MAX_HEADER_BYTES = 256 * 1024
+# Interim answers (100, 102, 103) skipped before the final one; more is an upstream loop.
+MAX_INTERIM = 16
+_DIGITS = re.compile(r"[0-9]{1,18}")
 # name ":" OWS value OWS: a token name; no CR, LF or NUL in the value; no obs-fold.
 _HEADER_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n\x00]*?)[ \t]*\r?\n")
 
@@ -127,6 +140,13 @@ class UpstreamPool:
             except TimeoutError as exc:
                 connection.close()
                 raise UpstreamTimeout(_reason(exc)) from None
+            except UpstreamError:
+                connection.close()
+                raise
+            except (http.client.BadStatusLine, http.client.LineTooLong) as exc:
+                # The app was reached and answered something that is not HTTP/1.x.
+                connection.close()
+                raise UpstreamBadResponse(_reason(exc)) from None
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 raise UpstreamError(self.transport.explain(_reason(exc), exc)) from None
@@ -210,12 +230,26 @@ def _send_body(sock: Any, head: bytes, body: RequestBody, chunked: bool) -> None
 
 
 class LeanHTTPResponse(http.client.HTTPResponse):
-    """http.client's response, with the header block parsed here instead of by email.parser.
+    """http.client's response, with the header block parsed and its framing checked here.
 
     email.parser is a third of what a small proxied request costs in this
-    module. Everything else (status line, body framing, chunked decoding,
-    `will_close`) is http.client's own. A header line that is not
-    `token: value` (obs-fold, a bare CR, NUL, no colon) is refused.
+    module, so the header block is parsed here; body reading and chunked
+    decoding stay http.client's own. What a proxy must not pass on is
+    refused with `UpstreamBadResponse` (502), as RFC 9112 §6.3 asks:
+
+    - a header line that is not `token: value` (obs-fold, a bare CR, NUL, no colon);
+    - a Transfer-Encoding other than `chunked` alone (the proxy could not
+      decode it, and the client would get coded bytes no header declares);
+    - a Content-Length that is not digits, or several that disagree
+      (`5, 6`, or two lines); identical repeats are collapsed into one;
+    - Transfer-Encoding together with Content-Length: the body is read as
+      chunked, the Content-Length dropped, the connection not reused;
+    - more than `MAX_HEADERS` lines or `MAX_HEADER_BYTES` bytes of headers
+      (`UpstreamHeadersTooLarge`).
+
+    Interim answers (100 Continue, 102, 103 Early Hints) are read and dropped:
+    WSGI has no way to send them, and one must never stand in for the final
+    answer. 101 Switching Protocols is a final answer.
     """
 
     header_list: list[tuple[str, str]]
@@ -223,10 +257,14 @@ class LeanHTTPResponse(http.client.HTTPResponse):
     def begin(self) -> None:
         if self.headers is not None:
             return
+        interim = 0
         while True:
             version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
+            if status >= 200 or status == http.client.SWITCHING_PROTOCOLS:
                 break
+            interim += 1
+            if interim > MAX_INTERIM:
+                raise UpstreamBadResponse(f"more than {MAX_INTERIM} interim (1xx) answers")
             _read_header_lines(self.fp)
         self.code = self.status = status
         self.reason = reason.strip()
@@ -235,47 +273,93 @@ class LeanHTTPResponse(http.client.HTTPResponse):
         elif version.startswith("HTTP/1."):
             self.version = 11
         else:
-            raise http.client.UnknownProtocol(version)
+            raise UpstreamBadResponse(f"unknown protocol version {version[:20]!r}")
         pairs = self.header_list = _read_header_lines(self.fp)
         message = http.client.HTTPMessage()
+        codings: list[str] | None = None
+        lengths: list[str] | None = None
         for name, value in pairs:
             message.set_raw(name, value)
+            # Only the two framing headers matter here: skip lower() for every other name.
+            if len(name) == 14 or len(name) == 17:
+                lowered = name.lower()
+                if lowered == "content-length":
+                    lengths = (lengths or []) + value.split(",")
+                elif lowered == "transfer-encoding":
+                    codings = (codings or []) + value.split(",")
         self.headers = self.msg = message
 
-        # From here on as http.client's begin(): framing and keep-alive.
-        transfer_encoding = message.get("transfer-encoding")
-        self.chunked = bool(transfer_encoding) and transfer_encoding.lower() == "chunked"
         self.chunk_left = None
-        self.will_close = self._check_close()
+        self.chunked = False
         self.length = None
-        length = message.get("content-length")
-        if length and not self.chunked:
-            try:
-                self.length = int(length)
-            except ValueError:
-                self.length = None
-            else:
-                if self.length < 0:
-                    self.length = None
-        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+        self.will_close = self._check_close()
+        if codings is not None:
+            coding = ",".join(c.strip() for c in codings if c.strip()).lower()
+            if coding != "chunked":
+                raise UpstreamBadResponse(f"unsupported transfer coding {coding[:40]!r}")
+            self.chunked = True
+            if lengths is not None or self.version == 10:
+                # Framing two ways at once: trust neither for the next answer on this connection.
+                self.will_close = True
+                if lengths is not None:
+                    self.header_list = [
+                        pair for pair in pairs if pair[0].lower() != "content-length"
+                    ]
+        elif lengths is not None:
+            self.length = _content_length(lengths)
+            if len(lengths) > 1:
+                self.header_list = _one_content_length(pairs, self.length)
+        if status in (204, 304) or status < 200 or self._method == "HEAD":
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
 
 
+def _content_length(values: list[str]) -> int:
+    """The one length all the Content-Length values agree on; `UpstreamBadResponse` if none."""
+    lengths = set()
+    for value in values:
+        text = value.strip(" \t")
+        if not _DIGITS.fullmatch(text):
+            raise UpstreamBadResponse(f"invalid Content-Length {text[:40]!r}")
+        lengths.add(int(text))
+    if len(lengths) != 1:
+        raise UpstreamBadResponse(f"conflicting Content-Lengths {sorted(lengths)[:4]}")
+    return lengths.pop()
+
+
+def _one_content_length(pairs: list[tuple[str, str]], length: int) -> list[tuple[str, str]]:
+    """The headers with repeated, identical Content-Lengths collapsed into the first one."""
+    kept: list[tuple[str, str]] = []
+    seen = False
+    for name, value in pairs:
+        if name.lower() == "content-length":
+            if seen:
+                continue
+            seen = True
+            value = str(length)
+        kept.append((name, value))
+    return kept
+
+
 def _read_header_lines(fp: Any) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
+    budget = MAX_HEADER_BYTES
     while True:
-        line = fp.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise http.client.LineTooLong("header line")
+        limit = min(MAX_LINE, budget)
+        line = fp.readline(limit + 1)
         if line in (b"\r\n", b"\n", b""):
             return pairs
+        if len(line) > limit:
+            raise UpstreamHeadersTooLarge(
+                f"response headers over {MAX_HEADER_BYTES} bytes, or a line over {MAX_LINE}"
+            )
+        budget -= len(line)
         if len(pairs) >= MAX_HEADERS:
-            raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
+            raise UpstreamHeadersTooLarge(f"more than {MAX_HEADERS} response header lines")
         match = _HEADER_LINE.fullmatch(line.decode("iso-8859-1"))
         if match is None:
-            raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
+            raise UpstreamBadResponse(f"malformed header line {line[:80]!r}")
         pairs.append((match[1], match[2]))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ory_flows import Start
 from pytest_httpserver import HTTPServer
-from servers import Gunicorn, ThreadedServer, free_port
+from servers import Gunicorn, Script, ScriptedUpstream, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import make_app
@@ -136,3 +136,18 @@ def ory(ory_server: HTTPServer) -> Iterator[HTTPServer]:
     ory_server.clear()
     yield ory_server
     ory_server.clear()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedUpstream]]:
+    """scripted(script, delay=0, hang_up=False) -> a raw upstream answering as `script` says."""
+    started: list[ScriptedUpstream] = []
+
+    def start(script: Script, delay: float = 0.0, hang_up: bool = False) -> ScriptedUpstream:
+        server = ScriptedUpstream(script, delay, hang_up)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +152,63 @@ def log_records(text: str) -> list[dict[str, Any]]:
             with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
     return records
+
+
+# (index of the connection, index of the request on it) -> the bytes to answer, or None to hang up.
+Script = Callable[[int, int], bytes | None]
+
+
+class ScriptedUpstream:
+    """A raw HTTP/1.1 server answering bodiless requests as `script` says; counts connections."""
+
+    def __init__(self, script: Script, delay: float = 0.0, hang_up: bool = False) -> None:
+        self.script = script
+        self.delay = delay
+        self.hang_up = hang_up  # close the connection after each answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.requests = 0  # request heads received, on any connection
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            index = self.connections
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(sock, index), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, index: int) -> None:
+        with sock:
+            buffer = b""
+            request = 0
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buffer += data
+                _, buffer = buffer.split(b"\r\n\r\n", 1)
+                self.requests += 1
+                answer = self.script(index, request)
+                request += 1
+                if answer is None:
+                    return
+                time.sleep(self.delay)
+                try:
+                    sock.sendall(answer)
+                except OSError:
+                    return
+                if self.hang_up:
+                    return
+
+    def stop(self) -> None:
+        self.running = False
+        self.listener.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import time
 import uuid
@@ -14,6 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from servers import Gunicorn, ThreadedServer, free_port, log_records
+from werkzeug.test import Client
+
+from ory_wsgi.wrappers.access_log import AccessLog
 
 REQUEST_FIELDS = {"request_id", "method", "path", "status", "bytes", "duration_ms"}
 
@@ -217,3 +221,130 @@ def test_refused_upstream_is_logged_502_upstream_unreachable(orphan_proxy: Gunic
     assert (line["status"], line["error"]) == (502, "upstream_unreachable")
     assert "Traceback" not in orphan_proxy.log()
     assert "QUERYSECRET" not in orphan_proxy.log()
+
+
+# -- 499 means the client went away, not that the body was left unread ------------------
+
+
+def test_redirect_whose_body_the_client_never_reads_is_logged_with_its_status(
+    proxy: Gunicorn,
+) -> None:
+    request_id = new_id()
+    parts = urlsplit(proxy.url)
+    with socket.create_connection((parts.hostname, parts.port), 5) as sock:
+        sock.sendall(
+            f"GET /redirect?to=/next HTTP/1.1\r\nHost: app\r\nX-Request-Id: {request_id}"
+            "\r\n\r\n".encode()
+        )
+        assert sock.recv(12).startswith(b"HTTP/1.1 302")  # the status line, nothing more
+    assert logged(proxy, request_id)["status"] == 302
+
+
+class Lines(logging.Handler):
+    """The access-log records of this process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.fields.append(getattr(record, "fields", {}))
+
+
+@pytest.fixture
+def access_lines() -> Iterator[Lines]:
+    logger = logging.getLogger("ory_wsgi.access")
+    handler, level = Lines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def redirect_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("302 Found", [("Location", "/next"), ("Content-Length", "20")])
+    return [b"Redirecting to /next", b""]
+
+
+@pytest.mark.parametrize("status", ["302 Found", "303 See Other", "200 OK", "404 Not Found"])
+def test_body_the_server_stopped_sending_without_an_error_keeps_its_status(
+    access_lines: Lines, status: str
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status, [("Content-Length", "11")])
+        return [b"hello", b" world"]
+
+    response = Client(AccessLog(app)).get("/x", buffered=False)
+    response.close()  # the body was never iterated, and nothing failed
+    assert [line["status"] for line in access_lines.fields] == [int(status[:3])]
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError, ConnectionResetError, TimeoutError])
+def test_body_whose_write_to_the_client_failed_is_logged_499(
+    access_lines: Lines, error: type[OSError]
+) -> None:
+    # What gunicorn and werkzeug do: close() from a `finally` while the write error is raised.
+    body = AccessLog(redirect_app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda status, headers, *exc: None
+    )
+    with pytest.raises(error):
+        try:
+            for _chunk in body:
+                raise error()
+        finally:
+            body.close()  # type: ignore[attr-defined]
+    assert [line["status"] for line in access_lines.fields] == [499]
+
+
+# -- control characters in what a client sent never forge a log line ----------------------
+
+FORGING_PATHS = {
+    "lf": ("/x%0A2026-01-01 INFO ory_wsgi.access request status=200", r"/x\n2026-01-01"),
+    "cr_lf": ("/x%0D%0Aforged=1", r"/x\r\nforged=1"),
+    "cr": ("/x%0Dforged=1", r"/x\rforged=1"),
+    "ansi": ("/x%1B[2K%1B[1Aforged", r"/x\x1b[2K\x1b[1Aforged"),
+    "nel": ("/x%C2%85forged", r"\x85forged"),
+    "del_and_nul": ("/x%7F%00forged", r"/x\x7f\x00forged"),
+}
+
+
+@pytest.fixture(scope="module")
+def text_proxy(
+    upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    server = start_gunicorn(
+        tmp_path_factory.mktemp("text"),
+        f'[proxy]\nupstream = "{upstream.url}"\n[log]\nformat = "text"\n',
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("case", FORGING_PATHS)
+def test_control_characters_in_the_path_are_escaped_in_the_text_log(
+    text_proxy: Gunicorn, case: str
+) -> None:
+    path, escaped = FORGING_PATHS[case]
+    request_id = new_id()
+    requests.get(text_proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
+    deadline = time.monotonic() + 8
+    while request_id not in text_proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = text_proxy.log()
+    lines = [line for line in log.splitlines() if request_id in line]
+    assert len(lines) == 1, log
+    assert escaped in lines[0]
+    assert not [line for line in log.splitlines() if line.startswith(("forged", "2026-01-01"))]
+
+
+@pytest.mark.parametrize("case", FORGING_PATHS)
+def test_control_characters_in_the_path_stay_inside_one_json_line(
+    proxy: Gunicorn, case: str
+) -> None:
+    path, _ = FORGING_PATHS[case]
+    request_id = new_id()
+    requests.get(proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
+    line = logged(proxy, request_id)
+    assert line["path"].startswith("/x") and len(line["path"]) > 2
+    assert not [text for text in proxy.log().splitlines() if text.startswith("forged")]

@@ -80,6 +80,40 @@ def test_run_without_an_upstream_says_how_to_set_one() -> None:
     assert "upstream" in result.stderr and "\n" not in result.stderr.strip()
 
 
+def run_cli_with_umask(umask: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        preexec_fn=lambda: os.umask(umask),
+    )
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_keys_generate_and_rotate_write_mode_0600_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    path = tmp_path / "keys.json"
+    assert run_cli_with_umask(umask, "keys", "generate", str(path)).returncode == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert run_cli_with_umask(umask, "keys", "rotate", str(path)).returncode == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_keys_rotate_refuses_a_key_file_open_to_others_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    assert run_cli("keys", "generate", str(path)).returncode == 0
+    path.chmod(0o644)
+    result = run_cli("keys", "rotate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"ory-wsgi: {path}: the key file holds a private key and is open to group or others "
+        f"(mode 0644); run `chmod 600 {path}`"
+    )
+
+
 def test_check_config_prints_merged_settings_with_secrets_masked(tmp_path: Path) -> None:
     config = tmp_path / "ory.toml"
     config.write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -153,11 +154,33 @@ def test_forwarded_method_selects_the_rule(gateway_proxy: Gunicorn) -> None:
     assert ask(gateway_proxy, "/api/orders", method="POST").status_code == 401
 
 
+@pytest.mark.parametrize("claimed", ["POST", "POST, GET", "GET,POST", "PUT , post"])
+def test_a_method_override_list_cannot_dodge_a_method_limited_rule(
+    gateway_proxy: Gunicorn, claimed: str
+) -> None:
+    answer = ask(gateway_proxy, "/api/orders", headers={"X-HTTP-Method-Override": claimed})
+    assert answer.status_code == 401
+
+
 def test_forwarded_headers_from_an_untrusted_peer_are_refused(
     start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
 ) -> None:
     proxy = start_proxy(config(upstream, fake_ory, trusted="[]"))
     answer = ask(proxy, "/")
+    assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "untrusted_proxy")
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [("/api/orders", "POST"), ("/open", "POST"), ("/members", "GET")]
+)
+def test_a_forwarded_method_alone_from_an_untrusted_peer_is_refused(
+    suffix_proxy: Gunicorn, path: str, method: str
+) -> None:
+    answer = requests.get(
+        f"{suffix_proxy.url}{DECISIONS}{path}",
+        headers={"X-Forwarded-Method": method, "Accept": "application/json"},
+        timeout=5,
+    )
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "untrusted_proxy")
 
 
@@ -169,8 +192,77 @@ def test_path_after_decisions_is_judged_when_no_uri_is_forwarded(
     assert requests.get(f"{proxy.url}{DECISIONS}/open", timeout=5).status_code == 200
 
 
+@pytest.fixture
+def suffix_proxy(
+    start_proxy: Callable[..., Gunicorn], upstream: ThreadedServer, fake_ory: FakeKratos
+) -> Gunicorn:
+    """Decisions asked by the path after `/decisions` (no trusted gateway)."""
+    return start_proxy(config(upstream, fake_ory, trusted="[]"))
+
+
+def raw_status(proxy: Gunicorn, target: str, headers: dict[str, str] | None = None) -> int:
+    """The status of one GET whose request line is exactly `target`."""
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "status"),
+    [
+        ("/open%23/../members", 403),
+        ("/open%23x", 200),
+        ("/open%3F/../members", 401),
+        ("/open%3f/%2e%2e/members/x", 401),
+        ("/open%2F..%2Fmembers", 403),
+        ("/members%2Fx", 403),
+        ("/open%00/../members", 403),
+        ("/members%0A", 403),
+        ("/open?/../members", 200),
+        ("/members?x=%2F", 401),
+    ],
+)
+def test_path_after_decisions_is_read_raw_as_the_proxy_reads_a_path(
+    suffix_proxy: Gunicorn, suffix: str, status: int
+) -> None:
+    assert raw_status(suffix_proxy, DECISIONS + suffix) == status
+
+
+def test_path_after_decisions_is_read_as_the_proxy_reads_the_same_path(
+    suffix_proxy: Gunicorn,
+) -> None:
+    mapping = {200: 200, 401: 401, 303: 401, 400: 403}
+    for suffix in ("/open%23/../members", "/open%3F/../members", "/members;x/y", "/MEMBERS"):
+        assert (
+            raw_status(suffix_proxy, DECISIONS + suffix)
+            == mapping[raw_status(suffix_proxy, suffix)]
+        ), suffix
+
+
+def test_a_client_script_name_does_not_move_the_decisions_endpoint(
+    suffix_proxy: Gunicorn,
+) -> None:
+    # Without SCRIPT_NAME this goes to the app (200); with it, still the app, not a decision.
+    headers = {"SCRIPT_NAME": "/x"}
+    assert raw_status(suffix_proxy, f"/x{DECISIONS}/members", headers) == 200
+    assert raw_status(suffix_proxy, f"{DECISIONS}/members", {"SCRIPT_NAME": "/.ory"}) == 401
+
+
 def test_encoded_slash_in_a_protected_area_gets_403_bad_request(gateway_proxy: Gunicorn) -> None:
     answer = ask(gateway_proxy, "/members%2Fsecret")
+    assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "uri", ["/members%0A", "/members%0d%0a", "/members%09/x", "/members%7F", "/%0Amembers"]
+)
+def test_encoded_control_near_a_protected_path_gets_403_bad_request(
+    gateway_proxy: Gunicorn, uri: str
+) -> None:
+    answer = ask(gateway_proxy, uri)
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
 
 
@@ -179,13 +271,27 @@ def test_forwarded_uri_that_is_not_a_path_gets_403_bad_request(gateway_proxy: Gu
     assert (answer.status_code, answer.headers["X-Ory-Error"]) == (403, "bad_request")
 
 
-def test_cors_preflight_is_allowed_without_a_session(gateway_proxy: Gunicorn) -> None:
+@pytest.mark.parametrize("requested", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("uri", ["/members", "/members/x"])
+def test_cors_preflight_on_a_protected_path_is_judged_like_any_request(
+    gateway_proxy: Gunicorn, requested: str, uri: str
+) -> None:
     answer = ask(
         gateway_proxy,
-        "/members",
+        uri,
         method="OPTIONS",
-        headers={"Access-Control-Request-Method": "GET"},
+        headers={"Access-Control-Request-Method": requested, "Origin": PUBLIC},
     )
+    assert answer.status_code == 401
+
+
+def test_cors_preflight_with_a_session_or_on_an_open_path_is_allowed(
+    gateway_proxy: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    preflight = {"Access-Control-Request-Method": "GET", "Origin": PUBLIC}
+    assert ask(gateway_proxy, "/open", method="OPTIONS", headers=preflight).status_code == 200
+    _, cookies = logged_in(fake_ory)
+    answer = ask(gateway_proxy, "/members", method="OPTIONS", headers=preflight, cookies=cookies)
     assert answer.status_code == 200
 
 

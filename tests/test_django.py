@@ -190,6 +190,46 @@ def test_checked_normalised_path_is_the_path_django_routes(
     assert answer.json()["path"] == "/members/echo/"
 
 
+@pytest.mark.parametrize("path", ["/members%0A/", "/members%0d%0a", "/members%09/echo/"])
+def test_encoded_control_near_a_protected_path_is_refused(client: Client, path: str) -> None:
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == 400
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"), [(PUBLIC, 204), ("https://spa.example", 403), ("null", 403)]
+)
+@pytest.mark.parametrize("path", ["/members/echo/", "/members/"])
+def test_cors_preflight_on_a_protected_path_never_reaches_a_view(
+    client: Client, origin: str, status: int, path: str
+) -> None:
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.options(
+            path, headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+        )
+    assert answer.status_code == status
+    assert b"path" not in answer.content and b"email" not in answer.content
+
+
+def test_plain_options_on_a_protected_path_is_gated(client: Client) -> None:
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.options("/members/echo/", headers={"Accept": "application/json"})
+    assert answer.status_code == 401
+
+
+def test_a_protected_path_response_is_kept_out_of_caches(
+    client: Client, fake_ory: FakeKratos
+) -> None:
+    log_in(client, fake_ory)
+    with override_settings(ORY_PROTECT=[{"prefix": "/members"}]):
+        answer = client.get("/members/echo/")
+        assert answer.status_code == 200
+        assert answer["Cache-Control"] == "private, no-store"
+        assert not client.get("/echo/").has_header("Cache-Control")
+
+
 def test_middleware_refuses_to_start_without_the_backend(ory_settings: dict[str, Any]) -> None:
     with override_settings(AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.ModelBackend"]):
         with pytest.raises(ImproperlyConfigured, match="OryBackend"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -11,11 +12,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from ory_flows import PASSWORD, login
-from servers import ThreadedServer
+from recording import RecordingUpstream
+from servers import Gunicorn, ThreadedServer, free_port
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from ory_wsgi import ConfigError, OryMiddleware, verify
 from ory_wsgi.middleware import SPOOFABLE_KEYS, load_embedded_settings
 from ory_wsgi.testing import FakeKratos
+from ory_wsgi.testing.server import FakeKratosServer
 
 PROTECT = [{"prefix": "/members"}, {"prefix": "/admin", "aal": "aal2"}]
 
@@ -36,6 +40,11 @@ def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     ).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
+
+
+def gunicorn_app(sdk_url: str, public_url: str) -> OryMiddleware:
+    """echo in OryMiddleware, for gunicorn: `test_embedding_wsgi:gunicorn_app("<ory>", "<url>")`."""
+    return OryMiddleware(echo, sdk_url=sdk_url, public_url=public_url, protect=PROTECT)
 
 
 class LateApp:
@@ -193,20 +202,74 @@ def test_headers_named_in_strip_headers_are_removed_too(embed: Embed) -> None:
     assert "HTTP_X_TENANT_ADMIN" not in seen["headers"]
 
 
-def test_cors_preflight_to_protected_path_is_not_gated(embed: Embed, fake_ory: FakeKratos) -> None:
+@pytest.mark.parametrize("path", ["/members", "/members/x", "/admin", "/open"])
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_cors_preflight_is_answered_by_the_middleware_never_by_the_app(
+    embed: Embed, fake_ory: FakeKratos, path: str, method: str
+) -> None:
     server = embed()
     answer = requests.options(
-        f"{server.url}/members",
+        f"{server.url}{path}",
         headers={
-            "Origin": "https://spa.example",
-            "Access-Control-Request-Method": "POST",
+            "Origin": server.url,
+            "Access-Control-Request-Method": method,
             "Authorization": "Bearer forged",
         },
         timeout=5,
     )
-    assert answer.status_code == 200
-    assert answer.json()["authorization"] is None
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == server.url
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert answer.content == b""
     assert fake_ory.whoami_calls == 0
+
+
+@pytest.mark.parametrize("origin", ["https://spa.example", "null", ""])
+def test_cors_preflight_from_another_origin_is_refused_by_the_middleware(
+    embed: Embed, origin: str
+) -> None:
+    server = embed()
+    answer = requests.options(
+        f"{server.url}/members",
+        headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        timeout=5,
+    )
+    assert answer.status_code == 403
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    assert b'"path"' not in answer.content
+
+
+def test_cors_preflight_follows_the_cors_settings(embed: Embed) -> None:
+    server = embed(cors={"allowed_origins": ["https://*.example.com"], "max_age": "30s"})
+    answer = requests.options(
+        f"{server.url}/members",
+        headers={"Origin": "https://spa.example.com", "Access-Control-Request-Method": "PUT"},
+        timeout=5,
+    )
+    assert answer.status_code == 204
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://spa.example.com"
+    assert answer.headers["Access-Control-Max-Age"] == "30"
+
+
+@pytest.mark.parametrize("claimed", ["POST", "POST, GET", "GET,POST", "PUT , post"])
+def test_a_method_override_list_cannot_dodge_a_method_limited_rule(
+    embed: Embed, claimed: str
+) -> None:
+    server = embed(protect=[{"prefix": "/write", "methods": ["POST"]}])
+    answer = requests.get(
+        f"{server.url}/write",
+        headers={"Accept": "application/json", "X-HTTP-Method-Override": claimed},
+        timeout=5,
+    )
+    assert answer.status_code == 401
+
+
+def test_plain_options_on_a_protected_path_is_gated(embed: Embed) -> None:
+    server = embed()
+    answer = requests.options(
+        f"{server.url}/members", headers={"Accept": "application/json"}, timeout=5
+    )
+    assert answer.status_code == 401
 
 
 def test_forged_authorization_never_reaches_the_app(embed: Embed) -> None:
@@ -250,6 +313,51 @@ def test_dot_segments_cannot_reach_a_protected_path_anonymously(embed: Embed) ->
     server = embed()
     answer = requests.get(f"{server.url}/x/%2E%2E/members", timeout=5)
     assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path", ["/members%0A", "/members%0d%0a", "/members%09/x", "/members%7f", "/admin%0B"]
+)
+def test_encoded_control_near_a_protected_path_is_refused_before_the_app(
+    embed: Embed, path: str
+) -> None:
+    server = embed()
+    answer = requests.get(f"{server.url}{path}", headers={"Accept": "application/json"}, timeout=5)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == 400
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/.ory/admin%2Fidentities",
+        "/.ory/ADMIN%5Cidentities",
+        "/.ory/admin;x/identities",
+        "/.ory/..%2Fadmin/identities",
+        "/.ory/..%2F..%2Fother",
+        "/.ory/admin%252Fidentities",
+        "/.ory/admin%0A",
+    ],
+)
+def test_ory_bound_path_never_leaves_the_public_api_under_the_ory_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    recorder = RecordingUpstream()
+    ory = ThreadedServer(recorder)
+    server = ThreadedServer(
+        OryMiddleware(echo, sdk_url=f"{ory.url}/kratos", public_url="https://app.example.com")
+    )
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("GET", target, headers={"Accept": "application/json"})
+        status = connection.getresponse().status
+        connection.close()
+    finally:
+        server.stop()
+        ory.stop()
+    assert status in (400, 404)
+    assert not recorder.seen
 
 
 def test_browser_logs_in_through_the_embedded_ory_route(embed: Embed, fake_ory: FakeKratos) -> None:
@@ -309,3 +417,140 @@ def test_jwt_enabled_in_the_toml_file_is_honoured(tmp_path: Path) -> None:
     assert load_embedded_settings(path, env={}).jwt.enabled
     path.write_text('[jwt]\nttl = "30s"\n')
     assert not load_embedded_settings(path, env={}).jwt.enabled
+
+
+# -- the path judged is the path the app routes on: after SCRIPT_NAME, from the raw target --
+
+
+@pytest.fixture(scope="module")
+def embedded_gunicorn(
+    fake_ory_server: FakeKratosServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    """echo in OryMiddleware under gunicorn, which takes a client's SCRIPT_NAME header from
+    its forwarded_allow_ips (loopback by default)."""
+    port = free_port()
+    server = Gunicorn(
+        f'test_embedding_wsgi:gunicorn_app("{fake_ory_server.url}", "http://127.0.0.1:{port}")',
+        port=port,
+        cwd=tmp_path_factory.mktemp("embedded"),
+    )
+    # The port is the master's; the worker may still be importing this module.
+    send(server, "/open", timeout=60)
+    yield server
+    server.stop()
+
+
+def send(
+    server: Gunicorn | ThreadedServer,
+    target: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, bytes]:
+    """One request with the request line exactly as given."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        connection.request("GET", target, headers={"Accept": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "script_name", "status"),
+    [
+        ("/app/members", "/app", 401),
+        ("/app/members/x", "/app", 401),
+        ("/app/MEMBERS", "/app", 401),
+        ("/a/b/members", "/a/b", 401),
+        ("/app/admin", "/app", 401),
+        ("/app/x/%2e%2e/members", "/app", 401),
+        ("/members", "/mem", 400),
+        ("/app/../members", "/app", 400),
+        ("/app/..%2Fmembers", "/app", 400),
+        ("/x%2Fy/members", "/x%2Fy", 400),
+        ("/app;x/members", "/app", 400),
+    ],
+)
+def test_a_client_script_name_cannot_move_the_judged_path(
+    embedded_gunicorn: Gunicorn, target: str, script_name: str, status: int
+) -> None:
+    answer, body = send(embedded_gunicorn, target, {"SCRIPT_NAME": script_name})
+    assert answer == status, body
+    assert b'"path"' not in body  # echo never ran
+
+
+def test_a_mount_point_that_takes_the_whole_path_leaves_the_app_its_root(
+    embedded_gunicorn: Gunicorn,
+) -> None:
+    answer, body = send(embedded_gunicorn, "/members", {"SCRIPT_NAME": "/members"})
+    assert answer == 200
+    assert json.loads(body)["path"] == ""
+
+
+def test_under_a_client_script_name_the_app_routes_the_judged_path_with_a_session(
+    embedded_gunicorn: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    cookies = session_cookies(fake_ory)
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    answer, body = send(
+        embedded_gunicorn, "/app/./members//x", {"SCRIPT_NAME": "/app", "Cookie": cookie}
+    )
+    assert answer == 200
+    assert json.loads(body)["path"] == "/members/x"
+
+
+@pytest.fixture
+def mounted(fake_ory: FakeKratos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """echo in OryMiddleware mounted at /app by werkzeug's DispatcherMiddleware; its URL."""
+    monkeypatch.chdir(tmp_path)
+    late = LateApp()
+    server = ThreadedServer(late)
+    public = f"{server.url}/app"
+    fake_ory.allowed_return_urls = [server.url]
+    late.app = DispatcherMiddleware(
+        echo,
+        {"/app": OryMiddleware(echo, sdk_url=fake_ory.url, public_url=server.url, protect=PROTECT)},
+    )
+    yield public
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/members", 401), ("/members/x", 401), ("/x/%2E%2E/members", 401), ("/open", 200)],
+)
+def test_rules_of_a_mounted_app_are_relative_to_its_mount_point(
+    mounted: str, path: str, status: int
+) -> None:
+    answer = requests.get(mounted + path, headers={"Accept": "application/json"}, timeout=5)
+    assert answer.status_code == status
+    if status == 200:
+        assert answer.json()["path"] == path
+
+
+def test_ory_route_of_a_mounted_app_is_under_its_mount_point(
+    mounted: str, fake_ory: FakeKratos
+) -> None:
+    fake_ory.reset_counters()
+    answer = requests.get(f"{mounted}/.ory/health/alive", timeout=5)
+    assert answer.status_code == 200
+    assert [entry.path for entry in fake_ory.request_log] == ["/health/alive"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({}, "private, no-store"), ({"proxy": {"protected_cache_control": ""}}, None)],
+)
+def test_a_protected_response_without_cache_control_is_kept_out_of_caches(
+    embed: Embed, fake_ory: FakeKratos, overrides: dict[str, Any], expected: str | None
+) -> None:
+    server = embed(**overrides)
+    cookies = session_cookies(fake_ory)
+    answer = requests.get(f"{server.url}/members", cookies=cookies, timeout=5)
+    assert answer.status_code == 200 and answer.json()["identity"]
+    assert answer.headers.get("Cache-Control") == expected
+    assert (
+        "Cache-Control"
+        not in requests.get(f"{server.url}/page", cookies=cookies, timeout=5).headers
+    )

@@ -477,6 +477,122 @@ def test_client_that_never_sends_its_body_is_408_after_the_read_timeout_and_free
     assert "Traceback" not in proxy.log()
 
 
+# -- a client that trickles its body: a deadline for the whole body ----------------------
+
+TRICKLE_CONFIG = 'read_timeout = "5s"\nbody_timeout = "2s"\nbody_min_rate = 200\n'
+
+
+def trickle(port: int, head: bytes, pieces: Iterable[bytes], pause: float) -> tuple[int, float]:
+    """Send `head`, then each piece `pause` seconds apart until answered: (status, seconds)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head)
+        sock.settimeout(pause)
+        answer = b""
+        for piece in pieces:
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                pass
+            if answer:
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+        sock.settimeout(20)
+        while b"\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1."), answer
+    return int(answer[9:12]), time.monotonic() - started
+
+
+TRICKLES = {
+    "sized_one_byte_a_second": (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n",
+        [b"x"] * 100,
+    ),
+    "chunked_one_chunk_a_second": (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        [b"1\r\nx\r\n"] * 100,
+    ),
+    "fast_start_then_trickle": (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400,
+        [b"x"] * 600,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRICKLES)
+def test_body_trickled_slower_than_the_minimum_rate_is_408_at_its_deadline(
+    start_proxy: ProxyFactory, upstream: ThreadedServer, case: str
+) -> None:
+    proxy = start_proxy(f'[proxy]\nupstream = "{upstream.url}"\n{TRICKLE_CONFIG}')
+    head, pieces = TRICKLES[case]
+    status, seconds = trickle(proxy.port, head, pieces, pause=0.5)
+    assert status == 408
+    # 2 s, +2 s for the fast 400 bytes at 200 B/s, +1 s per 200 trickled, +0.5 s checks.
+    assert seconds < 8
+    time.sleep(0.2)
+    log = proxy.log()
+    assert log.count("body_timeout:") == 1, log
+    assert "Traceback" not in log
+
+
+def test_body_trickled_under_the_dev_server_is_408_at_its_deadline(
+    dev_proxy: Callable[..., ThreadedServer], upstream: ThreadedServer
+) -> None:
+    server = dev_proxy(upstream=upstream.url, read_timeout=5, body_timeout=2, body_min_rate=200)
+    head, pieces = TRICKLES["sized_one_byte_a_second"]
+    status, seconds = trickle(server.port, head, pieces, pause=0.5)
+    assert (status, seconds < 8) == (408, True)
+
+
+def test_slow_upload_above_the_minimum_rate_is_forwarded_whole(
+    start_proxy: ProxyFactory, upstream: ThreadedServer
+) -> None:
+    proxy = start_proxy(f'[proxy]\nupstream = "{upstream.url}"\n{TRICKLE_CONFIG}')
+    # 2000 bytes in 4 s: past body_timeout, but at 500 B/s, above body_min_rate (200 B/s).
+    head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n"
+    status, seconds = trickle(proxy.port, head, [b"x" * 50] * 40, pause=0.1)
+    assert status == 200
+    assert seconds > 3.5
+
+
+def test_slow_answer_to_a_complete_body_is_not_cut_by_the_body_deadline(
+    start_proxy: ProxyFactory, upstream: ThreadedServer
+) -> None:
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\nbody_timeout = "1s"\nbody_min_rate = 0\n'
+    )
+    # The body is in at once; the app then takes longer than the body's deadline to answer,
+    # and the client's connection must still serve its next request.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"POST /slow?delay=2.5 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        first = http.client.HTTPResponse(sock)
+        first.begin()
+        first.read()
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        second = http.client.HTTPResponse(sock)
+        second.begin()
+        second.read()
+    assert (first.status, second.status) == (200, 200)
+    assert "body_timeout" not in proxy.log()
+
+
+def test_big_upload_at_full_speed_is_not_cut_by_the_body_deadline(
+    start_proxy: ProxyFactory, upstream: ThreadedServer
+) -> None:
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\nbody_timeout = "1s"\nbody_min_rate = 500\n'
+    )
+    response = requests.post(f"{proxy.url}/echo", data=b"x" * (64 * MIB), timeout=60)
+    assert response.status_code == 200
+
+
 # -- malformed requests through gunicorn --------------------------------------------------
 
 

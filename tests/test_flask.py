@@ -52,6 +52,23 @@ def log_in(client: FlaskClient, fake_ory: FakeKratos, aal: str = "aal1") -> dict
     return session
 
 
+def test_a_login_required_response_is_kept_out_of_caches(
+    client: FlaskClient, fake_ory: FakeKratos
+) -> None:
+    log_in(client, fake_ory)
+    assert client.get("/members").headers["Cache-Control"] == "private, no-store"
+    assert "Cache-Control" not in client.get("/").headers
+
+
+def test_a_protected_path_response_is_kept_out_of_caches(
+    ruled_client: FlaskClient, fake_ory: FakeKratos
+) -> None:
+    log_in(ruled_client, fake_ory)
+    answer = ruled_client.get("/private/x")
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == "private, no-store"
+
+
 def test_logged_in_user_reaches_the_members_page_as_herself(
     client: FlaskClient, fake_ory: FakeKratos
 ) -> None:
@@ -107,14 +124,52 @@ def test_ory_down_gives_503_on_login_required_view(
     assert answer.headers["Retry-After"]
 
 
-def test_options_is_never_refused_by_login_required(app: Flask, client: FlaskClient) -> None:
+def test_options_is_gated_by_login_required_like_any_method(
+    app: Flask, client: FlaskClient
+) -> None:
+    ran = []
+
     @app.route("/guarded", methods=["GET", "OPTIONS"])
     @login_required
     def guarded() -> str:
+        ran.append(request.method)
         return "ok"
 
-    assert client.options("/guarded").status_code == 200
+    assert client.options("/guarded", headers={"Accept": "application/json"}).status_code == 401
     assert client.get("/guarded", headers={"Accept": "application/json"}).status_code == 401
+    assert not ran
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"), [(PUBLIC, 204), ("https://spa.example", 403), ("null", 403)]
+)
+def test_cors_preflight_never_runs_a_login_required_view(
+    app: Flask, client: FlaskClient, origin: str, status: int
+) -> None:
+    ran = []
+
+    @app.route("/guarded", methods=["GET", "OPTIONS"])
+    @login_required
+    def guarded() -> str:
+        ran.append(request.method)
+        return "ok"
+
+    answer = client.options(
+        "/guarded", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert answer.status_code == status
+    assert not ran
+
+
+@pytest.mark.parametrize("path", ["/private", "/private/x"])
+def test_cors_preflight_on_a_protected_path_never_reaches_the_app(
+    ruled_client: FlaskClient, path: str
+) -> None:
+    answer = ruled_client.options(
+        path, headers={"Origin": PUBLIC, "Access-Control-Request-Method": "POST"}
+    )
+    assert answer.status_code == 204
+    assert answer.data == b""
 
 
 def test_spoofed_identity_headers_never_reach_the_view(client: FlaskClient) -> None:
@@ -149,6 +204,31 @@ def test_init_app_in_a_factory_reads_protect_rules_from_config(fake_ory: FakeKra
     app.add_url_rule("/private/x", "x", lambda: "secret")
     answer = app.test_client().get("/private/x", headers={"Accept": "application/json"})
     assert answer.status_code == 401
+
+
+@pytest.fixture
+def ruled_client(fake_ory: FakeKratos) -> FlaskClient:
+    """An app with a `[[protect]]` rule on /private and a view that tells what it routed."""
+    app = Flask(__name__)
+    app.config.update(
+        ORY_SDK_URL=fake_ory.url, ORY_PUBLIC_URL=PUBLIC, ORY_PROTECT=[{"prefix": "/private"}]
+    )
+    Ory(app)
+
+    @app.route("/<path:rest>", methods=["GET", "POST", "OPTIONS"])
+    def anything(rest: str) -> dict[str, Any]:
+        return {"path": request.path, "secret": rest.startswith("private")}
+
+    return app.test_client()
+
+
+@pytest.mark.parametrize("path", ["/private%0A", "/private%0d%0a", "/private%09/x", "/private%7F"])
+def test_encoded_control_near_a_protected_path_is_refused(
+    ruled_client: FlaskClient, path: str
+) -> None:
+    answer = ruled_client.get(path, headers={"Accept": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json is not None and answer.json["error"]["code"] == 400
 
 
 def test_flask_login_request_loader_gives_current_user(fake_ory: FakeKratos) -> None:

@@ -10,10 +10,13 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
+from client_claims import CLIENT_IP_CLAIMS, IDENTITY_CLAIMS, claims_in
 from servers import Gunicorn, ThreadedServer
 from werkzeug.serving import make_server
 
 from ory_wsgi import make_app
+from ory_wsgi.headers import TrustedProxies, upstream_headers
+from ory_wsgi.identity_headers import IDENTITY_KEYS, PROXY_KEYS
 
 DevProxy = Callable[..., ThreadedServer]
 PUBLIC = "https://app.example.com"
@@ -229,3 +232,57 @@ def test_forwarded_for_an_ipv6_peer_is_bracketed_and_quoted(upstream: ThreadedSe
         server.server_close()
     assert seen["X-Forwarded-For"] == "::1"
     assert seen["Forwarded"] == 'for="[::1]";host="app.example.com";proto=http'
+
+
+# -- identity and client-IP claims --------------------------------------------------------
+
+
+def environ_with(key: str, remote: str) -> dict[str, object]:
+    return {"HTTP_HOST": "app.example.com", "REMOTE_ADDR": remote, key: "claimed", "HTTP_X_K": "1"}
+
+
+@pytest.mark.parametrize("key", [*sorted(IDENTITY_KEYS), "HTTP_X_ORY_ANYTHING", "HTTP_ORY_X"])
+@pytest.mark.parametrize("remote", ["203.0.113.9", "10.1.2.3"])
+def test_every_identity_header_is_left_out_whoever_sends_it(key: str, remote: str) -> None:
+    headers = upstream_headers(environ_with(key, remote), TrustedProxies(["10.0.0.0/8"]), None)
+    assert "claimed" not in headers.values()
+    assert headers["X-K"] == "1"
+
+
+@pytest.mark.parametrize("key", sorted(PROXY_KEYS))
+def test_every_client_ip_or_forwarding_header_is_kept_only_from_a_trusted_peer(key: str) -> None:
+    trusted = TrustedProxies(["10.0.0.0/8"])
+    untrusted = upstream_headers(environ_with(key, "203.0.113.9"), trusted, None)
+    assert "claimed" not in untrusted.values()
+    kept = upstream_headers(environ_with(key, "10.1.2.3"), trusted, None)
+    assert "claimed" in kept.values()
+
+
+def test_identity_claims_never_reach_app(proxy: Gunicorn) -> None:
+    seen = echo_headers(proxy.url, {**IDENTITY_CLAIMS, "X-Kept": "1"})
+    assert claims_in(seen) == set()
+    assert seen["X-Kept"] == "1"
+
+
+def test_identity_claims_from_a_trusted_peer_never_reach_app(
+    dev_proxy: DevProxy, upstream: ThreadedServer
+) -> None:
+    server = dev_proxy(upstream=upstream.url, public_url=PUBLIC, trusted_proxies=["127.0.0.0/8"])
+    seen = echo_headers(server.url, {**IDENTITY_CLAIMS, "X-Kept": "1"})
+    assert claims_in(seen) == set()
+    assert seen["X-Kept"] == "1"
+
+
+def test_client_ip_claims_from_an_untrusted_peer_never_reach_app(proxy: Gunicorn) -> None:
+    seen = echo_headers(proxy.url, CLIENT_IP_CLAIMS)
+    assert claims_in(seen) == set()
+    assert "6.6.6" not in json.dumps(seen)
+
+
+def test_client_ip_claims_from_a_trusted_peer_reach_app(
+    dev_proxy: DevProxy, upstream: ThreadedServer
+) -> None:
+    server = dev_proxy(upstream=upstream.url, public_url=PUBLIC, trusted_proxies=["127.0.0.0/8"])
+    seen = echo_headers(server.url, CLIENT_IP_CLAIMS)
+    assert claims_in(seen) == {name.lower() for name in CLIENT_IP_CLAIMS}
+    assert seen["X-Real-Ip"] == "6.6.6.1"

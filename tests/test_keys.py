@@ -8,9 +8,12 @@ import hmac
 import json
 import multiprocessing
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,14 @@ from ory_wsgi.keys import KeySet, generate_key_set_file, rotate_key_set_file
 from ory_wsgi.tokens import TokenMinter
 
 ISSUER = "https://app.example.com"
+NOBODY = 65534
+
+
+def write_private(path: Path, data: str | bytes) -> Path:
+    """A key file as an operator would leave it: mode 0600, owned by this user."""
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    path.chmod(0o600)
+    return path
 
 
 def make_session(**changes: Any) -> dict[str, Any]:
@@ -262,8 +273,7 @@ BAD_KEY_FILES = {
 
 @pytest.mark.parametrize("content", BAD_KEY_FILES.values(), ids=BAD_KEY_FILES.keys())
 def test_unusable_key_file_is_a_one_line_config_error(tmp_path: Path, content: Any):
-    path = tmp_path / "keys"
-    path.write_text(content())
+    path = write_private(tmp_path / "keys", content())
     with pytest.raises(ConfigError) as error:
         KeySet.load(str(path))
     message = str(error.value)
@@ -279,8 +289,7 @@ def test_missing_key_file_is_a_one_line_config_error(tmp_path: Path):
 
 def test_two_keys_with_one_kid_are_refused(tmp_path: Path):
     keys = [jwk.ECKey.generate_key("P-256", parameters={"kid": "same"}) for _ in range(2)]
-    path = tmp_path / "keys.json"
-    path.write_text(json.dumps(jwk.KeySet(keys).as_dict(private=True)))
+    path = write_private(tmp_path / "keys.json", json.dumps(jwk.KeySet(keys).as_dict(private=True)))
     with pytest.raises(ConfigError, match="same"):
         KeySet.load(str(path))
 
@@ -291,16 +300,14 @@ def test_two_keys_with_one_kid_are_refused(tmp_path: Path):
     ids=["pkcs8", "sec1"],
 )
 def test_pem_private_key_signs_verifiable_tokens(tmp_path: Path, fmt: Any):
-    path = tmp_path / "key.pem"
-    path.write_bytes(ec_pem(ec.SECP256R1(), fmt))
+    path = write_private(tmp_path / "key.pem", ec_pem(ec.SECP256R1(), fmt))
     key_set = KeySet.load(str(path))
     verify(TokenMinter(key_set, ISSUER).mint(make_session()), key_set)
 
 
 def test_kid_of_key_without_one_is_its_thumbprint(tmp_path: Path):
     key = jwk.ECKey.generate_key("P-256")
-    path = tmp_path / "keys.json"
-    path.write_text(json.dumps({"keys": [key.as_dict(private=True)]}))
+    path = write_private(tmp_path / "keys.json", json.dumps({"keys": [key.as_dict(private=True)]}))
     assert "kid" not in json.loads(path.read_text())["keys"][0]
     assert KeySet.load(str(path)).signing_kid == key.thumbprint()
 
@@ -309,8 +316,7 @@ def test_later_public_only_keys_are_published(tmp_path: Path):
     signing = jwk.ECKey.generate_key("P-256", auto_kid=True)
     retired = jwk.ECKey.generate_key("P-256", auto_kid=True)
     document = {"keys": [signing.as_dict(private=True), retired.as_dict(private=False)]}
-    path = tmp_path / "keys.json"
-    path.write_text(json.dumps(document))
+    path = write_private(tmp_path / "keys.json", json.dumps(document))
     assert KeySet.load(str(path)).kids == (signing.kid, retired.kid)
 
 
@@ -376,6 +382,138 @@ def test_generate_writes_mode_0600(tmp_path: Path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+# --- permissions: refused with one line that says how to fix them --------------
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o775, 0o720, 0o702, 0o1777])
+def test_state_dir_writable_by_others_is_refused(tmp_path: Path, mode: int):
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(mode)
+    with pytest.raises(ConfigError) as error:
+        KeySet.ensure("", str(state))
+    message = str(error.value)
+    assert message.startswith(f"{state}: the state directory is writable by group or others")
+    assert f"`chmod 700 {state}`" in message and "\n" not in message
+    assert os.listdir(state) == []
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o750, 0o755])
+def test_state_dir_readable_but_not_writable_by_others_is_used(tmp_path: Path, mode: int):
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(mode)
+    KeySet.ensure("", str(state))
+    assert stat.S_IMODE((state / "jwks.json").stat().st_mode) == 0o600
+
+
+def test_state_dir_of_another_user_is_refused(tmp_path: Path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, NOBODY, NOBODY)
+    with pytest.raises(ConfigError) as error:
+        KeySet.ensure("", str(state))
+    message = str(error.value)
+    assert message.startswith(f"{state}: the state directory belongs to nobody")
+    assert f"`chown root {state}`" in message and f"`chmod 700 {state}`" in message
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o620, 0o606, 0o602, 0o404])
+def test_key_file_open_to_group_or_others_is_refused(tmp_path: Path, mode: int):
+    path = tmp_path / "keys.json"
+    generate_key_set_file(str(path))
+    path.chmod(mode)
+    for attempt in (
+        lambda: KeySet.load(str(path)),
+        lambda: KeySet.ensure(str(path), ""),
+        lambda: rotate_key_set_file(str(path)),
+    ):
+        with pytest.raises(ConfigError) as error:
+            attempt()
+        message = str(error.value)
+        assert message.startswith(f"{path}: the key file holds a private key and is open")
+        assert f"(mode {mode:04o})" in message and f"`chmod 600 {path}`" in message
+
+
+def test_generated_key_file_opened_up_later_is_refused_at_the_next_start(tmp_path: Path):
+    state = tmp_path / "state"
+    KeySet.ensure("", str(state))
+    (state / "jwks.json").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"chmod 600 .*jwks\.json"):
+        KeySet.ensure("", str(state))
+
+
+def test_key_file_of_another_user_is_refused(tmp_path: Path):
+    path = tmp_path / "keys.json"
+    generate_key_set_file(str(path))
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(ConfigError) as error:
+        KeySet.load(str(path))
+    message = str(error.value)
+    assert message.startswith(f"{path}: the key file belongs to nobody, not to root")
+    assert f"`chown root {path}`" in message and f"`chmod 600 {path}`" in message
+
+
+def test_running_key_set_keeps_its_keys_when_the_file_is_opened_up(tmp_path: Path):
+    path = str(tmp_path / "keys.json")
+    generate_key_set_file(path)
+    key_set = KeySet.load(path, check_interval=0)
+    rotate_key_set_file(path)
+    os.chmod(path, 0o644)
+    assert key_set.reload_if_changed() is False
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user may enter (pytest's tmp_path is private to this one)."""
+    directory = Path(tempfile.mkdtemp(prefix="ory-wsgi-keys-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def load_as_user(path: str, uid: int, results: Any) -> None:
+    """In a forked child: become `uid` (no exec: the interpreter stays loaded), load the keys."""
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    try:
+        results.put(("ok", KeySet.load(path).kids))
+    except ConfigError as error:
+        results.put(("error", str(error)))
+
+
+def load_as_nobody(path: Path) -> tuple[str, Any]:
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=load_as_user, args=(str(path), NOBODY, results))
+    child.start()
+    outcome: tuple[str, Any] = results.get(timeout=30)
+    child.join(timeout=30)
+    return outcome
+
+
+def test_root_owned_key_file_readable_by_the_group_is_used(shared_dir: Path):
+    """A Kubernetes secret with fsGroup: owned by root, mode 0440, group the pod's."""
+    path = shared_dir / "keys.json"
+    kid = generate_key_set_file(str(path))
+    os.chown(path, 0, NOBODY)
+    path.chmod(0o440)
+    assert load_as_nobody(path) == ("ok", (kid,))
+
+
+@pytest.mark.parametrize("mode", [0o444, 0o644, 0o460])
+def test_root_owned_key_file_open_to_others_is_refused(shared_dir: Path, mode: int):
+    path = shared_dir / "keys.json"
+    generate_key_set_file(str(path))
+    os.chown(path, 0, NOBODY)
+    path.chmod(mode)
+    outcome, message = load_as_nobody(path)
+    assert outcome == "error"
+    assert message.startswith(f"{path}: the key file holds a private key and is open to others")
+    assert f"`chmod 640 {path}`" in message
+
+
 # --- rotation ------------------------------------------------------------------
 
 
@@ -395,8 +533,9 @@ def test_rotate_keeps_mode_0600(tmp_path: Path):
 
 
 def test_rotate_refuses_a_pem_file(tmp_path: Path):
-    path = tmp_path / "key.pem"
-    path.write_bytes(ec_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8))
+    path = write_private(
+        tmp_path / "key.pem", ec_pem(ec.SECP256R1(), serialization.PrivateFormat.PKCS8)
+    )
     with pytest.raises(ConfigError, match="PEM"):
         rotate_key_set_file(str(path))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -22,6 +23,7 @@ from ory_wsgi.ory.client import (
     extract_credentials,
     session_cookie_names,
 )
+from ory_wsgi.ory.cookies import MAX_CREDENTIAL_BYTES, ory_cookies
 
 IDENTITY_ID = "9f1c6f2e-4a1b-4c1e-9a8e-0c6f4d8e2b11"
 NAMES = frozenset({"ory_kratos_session"})
@@ -88,11 +90,76 @@ def test_request_without_ory_credentials_is_anonymous_without_lookup() -> None:
     assert extract_credentials(environ, NAMES) is None
 
 
-def test_only_ory_cookies_are_kept_for_ory() -> None:
+def test_only_the_session_cookies_are_kept_for_whoami() -> None:
     found = credentials(
-        "theme=dark; ory_kratos_session=s1; app_session=abc; ory_kratos_continuity=c"
+        "theme=dark; ory_kratos_session=s1; app_session=abc; ory_kratos_continuity=c; "
+        "csrf_token_1a2b=x; __Host-ory_x=y"
     )
-    assert found.cookie == "ory_kratos_session=s1; ory_kratos_continuity=c"
+    assert found.cookie == "ory_kratos_session=s1"
+
+
+def test_every_session_cookie_name_is_kept_each_once() -> None:
+    names = NAMES | {"ory_session_happycat", "sid"}
+    found = extract_credentials(
+        {
+            "HTTP_COOKIE": "sid=a; ory_kratos_session=b; sid=c; ory_session_happycat=d; "
+            "ory_kratos_session=e; sidebar=f"
+        },
+        names,
+    )
+    assert found is not None
+    # The first of each name is the one Kratos reads; the rest never travel.
+    assert found.cookie == "sid=a; ory_kratos_session=b; ory_session_happycat=d"
+
+
+@pytest.mark.parametrize(
+    ("environ", "what"),
+    [
+        ({"HTTP_COOKIE": "ory_kratos_session=" + "a" * (MAX_CREDENTIAL_BYTES + 1)}, "cookie"),
+        ({"HTTP_X_SESSION_TOKEN": "ory_st_" + "a" * MAX_CREDENTIAL_BYTES}, "X-Session-Token"),
+        ({"HTTP_AUTHORIZATION": "Bearer " + "a" * (MAX_CREDENTIAL_BYTES + 1)}, "bearer"),
+        (
+            {"HTTP_COOKIE": "a=1; ory_kratos_session=" + "b" * 100_000 + "; c=2"},
+            "cookie 'ory_kratos_session'",
+        ),
+    ],
+)
+def test_credential_too_large_is_no_credential_and_logged(
+    environ: dict[str, str], what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ["ory.request_id"] = "req-big"
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        assert extract_credentials(environ, NAMES) is None
+    (record,) = [r for r in caplog.records if r.name == "ory_wsgi.ory"]
+    message = record.getMessage()
+    assert message.startswith("credential_too_large: ") and what in message
+    assert "aaaa" not in message and "bbbb" not in message
+    assert record.fields == {"error": "credential_too_large", "request_id": "req-big"}  # type: ignore[attr-defined]
+
+
+def test_credential_of_the_limit_size_is_kept() -> None:
+    value = "a" * MAX_CREDENTIAL_BYTES
+    found = extract_credentials({"HTTP_COOKIE": f"ory_kratos_session={value}"}, NAMES)
+    assert found is not None and found.cookie == f"ory_kratos_session={value}"
+
+
+def test_too_large_cookie_beside_a_good_token_leaves_the_token() -> None:
+    environ = {
+        "HTTP_COOKIE": "ory_kratos_session=" + "a" * 10_000,
+        "HTTP_X_SESSION_TOKEN": "ory_st_good",
+    }
+    found = extract_credentials(environ, NAMES)
+    assert found is not None
+    assert found.cookie == "" and found.session_token == "ory_st_good"
+
+
+def test_app_cookie_too_large_is_ignored_without_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        found = credentials("big=" + "x" * 10_000 + "; ory_kratos_session=s")
+    assert found.cookie == "ory_kratos_session=s"
+    assert not [r for r in caplog.records if r.name == "ory_wsgi.ory"]
 
 
 def test_ory_cookie_other_than_the_session_cookie_is_not_a_credential() -> None:
@@ -153,6 +220,32 @@ def test_ory_network_cookie_name_drops_dashes_from_slug() -> None:
 def test_ory_network_cookie_name_comes_from_sdk_url_without_slug() -> None:
     names = session_cookie_names("https://happy-cat.projects.oryapis.com", session_cookie="sid")
     assert names == {"ory_kratos_session", "ory_session_happycat", "sid"}
+
+
+# --- ory_cookies: what a request forwarded to /.ory/* carries ----------------------
+
+
+def test_ory_bound_requests_keep_every_ory_cookie_in_order() -> None:
+    header = (
+        "theme=dark; ory_kratos_session=s; csrf_token_1a2b=c; app=1; "
+        "__Host-ory_x=h; __Secure-ory_y=z; ory_kratos_continuity=k"
+    )
+    assert ory_cookies(header, NAMES) == (
+        "ory_kratos_session=s; csrf_token_1a2b=c; __Host-ory_x=h; __Secure-ory_y=z; "
+        "ory_kratos_continuity=k"
+    )
+
+
+def test_ory_bound_session_cookie_is_matched_on_the_whole_name() -> None:
+    header = "sidebar=open; sid=s; sid_extra=1; sid2=2"
+    assert ory_cookies(header, frozenset({"sid"})) == "sid=s"
+
+
+def test_ory_bound_cookie_too_large_is_not_forwarded(caplog: pytest.LogCaptureFixture) -> None:
+    header = "ory_kratos_session=s; csrf_token_1=" + "c" * (MAX_CREDENTIAL_BYTES + 1)
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        assert ory_cookies(header, NAMES, "r") == "ory_kratos_session=s"
+    assert any("credential_too_large" in r.getMessage() for r in caplog.records)
 
 
 # --- whoami: what Ory receives ----------------------------------------------------
@@ -238,10 +331,25 @@ def test_aal2_required_is_anonymous_with_redirect(ory: HTTPServer, client: OryCl
     assert lookup.redirect_browser_to == target and lookup.session is None
 
 
-def test_other_403_is_an_error(ory: HTTPServer, client: OryClient) -> None:
+def test_other_403_is_anonymous(ory: HTTPServer, client: OryClient) -> None:
     envelope = {"error": {"id": "security_csrf_violation", "code": 403, "message": "x"}}
     ory.expect_request("/sessions/whoami").respond_with_json(envelope, status=403)
-    assert client.whoami(credentials(), "r").outcome == "error"
+    lookup = client.whoami(credentials(), "r")
+    assert lookup.outcome == "anonymous" and lookup.error is None
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 422, 431])
+def test_client_error_answer_is_anonymous_with_one_warning(
+    ory: HTTPServer, client: OryClient, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    ory.expect_request("/sessions/whoami").respond_with_data("no", status=status)
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        lookup = client.whoami(credentials(), "req-4")
+    assert lookup.outcome == "anonymous" and lookup.error is None
+    (record,) = [r for r in caplog.records if r.name == "ory_wsgi.ory"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith("credentials_refused: ")
+    assert str(status) in record.getMessage() and "secret-session" not in record.getMessage()
 
 
 def test_429_is_rate_limited_with_retry_after(ory: HTTPServer, client: OryClient) -> None:
@@ -369,6 +477,35 @@ def test_ory_is_asked_again_after_back_off(ory: HTTPServer) -> None:
     assert len(received(ory)) == 3
 
 
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 431])
+def test_client_error_answers_never_open_the_back_off(ory: HTTPServer, status: int) -> None:
+    """A client sending what Ory refuses must not make Ory 'unavailable' for everyone."""
+
+    def answer(request: Request) -> Response:
+        if request.headers.get("X-Session-Token") == "ory_st_good":
+            return Response(json.dumps(kratos_session()), content_type="application/json")
+        return Response("refused", status=status)
+
+    ory.expect_request("/sessions/whoami").respond_with_handler(answer)
+    client = OryClient(ory.url_for("/"), timeout=1.0, failure_threshold=2, backoff=30.0)
+    bad = extract_credentials({"HTTP_X_SESSION_TOKEN": "ory_st_%%malformed"}, NAMES)
+    good = extract_credentials({"HTTP_X_SESSION_TOKEN": "ory_st_good"}, NAMES)
+    assert bad is not None and good is not None
+    for _ in range(10):
+        assert client.whoami(bad, "attacker").outcome == "anonymous"
+    assert client.whoami(good, "user").outcome == "authenticated"
+    assert len(received(ory)) == 11
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_server_error_answers_open_the_back_off(ory: HTTPServer, status: int) -> None:
+    ory.expect_request("/sessions/whoami").respond_with_data("down", status=status)
+    client = OryClient(ory.url_for("/"), timeout=1.0, failure_threshold=2, backoff=30.0)
+    for _ in range(4):
+        assert client.whoami(credentials(), "r").error == "ory_unavailable"
+    assert len(received(ory)) == 2
+
+
 def test_answer_resets_the_failure_count(ory: HTTPServer) -> None:
     for status in (503, 503, 401, 503, 503):
         ory.expect_ordered_request("/sessions/whoami").respond_with_data("x", status=status)
@@ -408,6 +545,39 @@ def test_logout_url_points_through_the_proxy(ory: HTTPServer) -> None:
     assert request.headers["Ory-Base-URL-Rewrite-Token"] == "key-1"
 
 
+def test_logout_url_asks_ory_to_return_the_browser_to_the_given_url(
+    ory: HTTPServer, client: OryClient
+) -> None:
+    url = ory.url_for("/self-service/logout?token=t&return_to=https%3A%2F%2Fapp.example.com%2F")
+    ory.expect_request(
+        "/self-service/logout/browser", query_string={"return_to": "https://app.example.com/"}
+    ).respond_with_json({"logout_url": url})
+    assert client.logout_url(credentials(), "r", "https://app.example.com/") == url
+    (request,) = received(ory)
+    assert request.query_string == b"return_to=https%3A%2F%2Fapp.example.com%2F"
+
+
+def test_logout_return_to_refused_by_ory_is_dropped_with_a_warning(
+    ory: HTTPServer, client: OryClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = ory.url_for("/self-service/logout?token=t")
+
+    def answer(request: Request) -> Response:
+        if request.args.get("return_to"):
+            body = {"error": {"id": "self_service_flow_return_to_forbidden", "code": 400}}
+            return Response(json.dumps(body), status=400, content_type="application/json")
+        return Response(json.dumps({"logout_url": url}), content_type="application/json")
+
+    ory.expect_request("/self-service/logout/browser").respond_with_handler(answer)
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.ory"):
+        assert client.logout_url(credentials(), "r", "https://app.example.com/") == url
+    assert [r.query_string for r in received(ory)] == [
+        b"return_to=https%3A%2F%2Fapp.example.com%2F",
+        b"",
+    ]
+    assert any("allowed_return_urls" in r.getMessage() for r in caplog.records)
+
+
 def test_logout_url_is_none_without_session(ory: HTTPServer, client: OryClient) -> None:
     envelope = {"error": {"id": "session_inactive", "code": 401, "message": "x"}}
     ory.expect_request("/self-service/logout/browser").respond_with_json(envelope, status=401)
@@ -419,6 +589,18 @@ def test_logout_url_without_cookie_asks_nothing(ory: HTTPServer, client: OryClie
     assert found is not None
     assert client.logout_url(found, "r") is None
     assert received(ory) == []
+
+
+@pytest.mark.parametrize("status", [400, 403, 431])
+def test_logout_refused_by_ory_raises_but_never_opens_the_back_off(
+    ory: HTTPServer, status: int
+) -> None:
+    ory.expect_request("/self-service/logout/browser").respond_with_data("no", status=status)
+    client = OryClient(ory.url_for("/"), timeout=1.0, failure_threshold=2, backoff=30.0)
+    for _ in range(4):
+        with pytest.raises(OryUnavailable):
+            client.logout_url(credentials(), "r")
+    assert len(received(ory)) == 4
 
 
 def test_logout_url_raises_when_ory_fails(ory: HTTPServer, client: OryClient) -> None:

@@ -249,6 +249,10 @@ def test_foreign_or_crafted_location_is_untouched(
     [
         ("https://ory.example.com/../../admin", PUBLIC_ORY + "/admin"),
         ("/%2e%2e/%2E./admin", PUBLIC_ORY + "/admin"),
+        ("/%2e%2e/%2E%2E/admin", PUBLIC_ORY + "/admin"),
+        ("https://ory.example.com/ui/%2e%2e/%2e%2e/%2e%2e/admin", PUBLIC_ORY + "/admin"),
+        ("%2e%2e/%2e%2e/%2e%2e/admin?x=1", PUBLIC_ORY + "/admin?x=1"),
+        ("/ui/%2E", PUBLIC_ORY + "/ui/"),
         ("../../../../admin", PUBLIC_ORY + "/admin"),
         ("https://ory.example.com\\@evil.com", PUBLIC_ORY + "/@evil.com"),
         ("/..\\..\\admin", PUBLIC_ORY + "/admin"),
@@ -274,6 +278,24 @@ def test_ory_under_a_path_resolves_relative_location_under_it() -> None:
     assert rewriter.rewrite_location("../self-service/x", "/ui/login") == (
         PUBLIC_ORY + "/self-service/x"
     )
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("https://id.example.com/kratos/%2e%2e/admin", "https://id.example.com/admin"),
+        ("https://id.example.com/kratos/ui/%2e%2e/x", PUBLIC_ORY + "/x"),
+        ("/kratos/%2E%2E/%2e%2e/admin", "https://id.example.com/admin"),
+        ("%2e%2e/%2e%2e/%2e%2e/admin", "https://id.example.com/admin"),
+    ],
+)
+def test_ory_under_a_path_resolves_percent_encoded_dot_segments(
+    location: str, expected: str
+) -> None:
+    """Dots written only as `%2e` are resolved as browsers resolve them: the result is
+    under `<public URL>/.ory`, or Ory's own URL, never a path that climbs out of `/.ory`."""
+    rewriter = OryRewriter("https://id.example.com/kratos", PUBLIC)
+    assert rewriter.rewrite_location(location, "/ui/login") == expected
 
 
 def test_ory_under_a_path_leaves_location_outside_it_on_ory() -> None:

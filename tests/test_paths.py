@@ -154,6 +154,60 @@ def test_overlong_dot_segments_near_a_protected_path_are_refused() -> None:
     assert not RULES.refuses(normalise_path("/open/%c0%ae%c0%ae/elsewhere"))
 
 
+CONTROLS = [f"%{code:02X}" for code in (*range(0x20), 0x7F)]
+
+
+@pytest.mark.parametrize("control", CONTROLS + [c.lower() for c in CONTROLS])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/members{}",
+        "/members{}/x",
+        "/members/x{}",
+        "/MEMBERS{}",
+        "/members%20{}",
+        "/members{}%20",
+        "/members.{}",
+        "/members/signup{}",
+        "/members/signup{}/../x",
+        "/open/..{}/members",
+        "/{}members",
+        "/mem{}bers",
+        "/admin{}/users",
+        "/open/%2e%2e{}/members",
+    ],
+)
+def test_encoded_control_near_a_protected_path_is_refused(template: str, control: str) -> None:
+    assert RULES.refuses(normalise_path(template.format(control)))
+
+
+@pytest.mark.parametrize("raw", ["/members%250A", "/members%25250a", "/members%u000a"])
+def test_double_encoded_control_near_a_protected_path_is_refused(raw: str) -> None:
+    assert RULES.refuses(normalise_path(raw))
+
+
+@pytest.mark.parametrize("control", ["%0A", "%0d", "%09", "%00", "%1F", "%7f", "%0D%0A"])
+def test_encoded_control_away_from_protected_paths_is_not_refused(control: str) -> None:
+    assert normalise_path(f"/open{control}").suspicious
+    assert not RULES.refuses(normalise_path(f"/open{control}"))
+    assert not RULES.refuses(normalise_path(f"/files/{control}x"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "reading"),
+    [
+        ("/members%0A", "/members"),
+        ("/members%0d%0a", "/members"),
+        ("/members%09/x", "/members/x"),
+        ("/members%7F", "/members"),
+        ("/members%20%0B", "/members"),
+    ],
+)
+def test_lenient_reading_trims_trailing_whitespace_and_controls(raw: str, reading: str) -> None:
+    assert reading in normalise_path(raw).views
+    assert governs(RULES, raw)
+
+
 def test_encoded_slash_away_from_protected_paths_is_not_refused() -> None:
     assert not RULES.refuses(normalise_path("/files/a%2Fb"))
 
@@ -199,6 +253,11 @@ TOKENS = [
     "%7e",
     "%23",
     "%20",
+    "%0a",
+    "%0D",
+    "%09",
+    "%7f",
+    "%1f",
     " ",
     "%c0%af",
     "%c0%ae",

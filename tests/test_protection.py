@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -15,6 +16,7 @@ from joserfc import jwt
 from ory_flows import PASSWORD, Start, bearer_of, jwks, login
 from servers import Gunicorn, ThreadedServer, free_port, wait_for_port
 
+from ory_wsgi import ConfigError, make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
 
@@ -270,11 +272,42 @@ def test_get_limited_rule_covers_head(proxy: Gunicorn) -> None:
     assert requests.post(f"{proxy.url}/reports", headers=JSON, timeout=5).status_code == 200
 
 
-def test_method_override_header_cannot_dodge_a_method_limited_rule(proxy: Gunicorn) -> None:
-    answer = requests.get(
-        f"{proxy.url}/write", headers={**JSON, "X-HTTP-Method-Override": "POST"}, timeout=5
-    )
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-HTTP-Method-Override", "POST"),
+        ("X-HTTP-Method-Override", "POST, GET"),
+        ("X-HTTP-Method-Override", "GET,POST"),
+        ("X-HTTP-Method-Override", "get , post"),
+        ("X-HTTP-Method", "PUT, POST"),
+        ("X-Method-Override", ", POST"),
+    ],
+)
+def test_method_override_header_cannot_dodge_a_method_limited_rule(
+    proxy: Gunicorn, name: str, value: str
+) -> None:
+    answer = requests.get(f"{proxy.url}/write", headers={**JSON, name: value}, timeout=5)
     assert answer.status_code == 401
+
+
+def test_repeated_method_override_headers_all_count(proxy: Gunicorn) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    try:
+        connection.putrequest("GET", "/write")
+        connection.putheader("Accept", "application/json")
+        connection.putheader("X-HTTP-Method-Override", "GET")
+        connection.putheader("X-HTTP-Method-Override", "POST")
+        connection.endheaders()
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+
+
+def test_method_override_naming_only_open_methods_leaves_the_rule_alone(proxy: Gunicorn) -> None:
+    answer = requests.get(
+        f"{proxy.url}/write", headers={**JSON, "X-HTTP-Method-Override": "GET, PUT"}, timeout=5
+    )
+    assert answer.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -359,3 +392,59 @@ def test_protect_path_prefix_flag_of_run_protects(
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_protected_response_without_cache_control_is_kept_out_of_caches(
+    proxy: Gunicorn, fake_ory: FakeKratos
+) -> None:
+    token = session_token(fake_ory)
+    answer = requests.get(
+        f"{proxy.url}/members/x", headers={**JSON, "X-Session-Token": token}, timeout=5
+    )
+    assert answer.status_code == 200 and reached_upstream(answer)
+    assert answer.headers["Cache-Control"] == "private, no-store"
+
+
+def test_an_open_response_gets_no_cache_control(proxy: Gunicorn, fake_ory: FakeKratos) -> None:
+    token = session_token(fake_ory)
+    answer = requests.get(
+        f"{proxy.url}/open", headers={**JSON, "X-Session-Token": token}, timeout=5
+    )
+    assert answer.status_code == 200 and reached_upstream(answer)
+    assert "Cache-Control" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("setting", "members", "sse"),
+    [
+        ('protected_cache_control = "no-cache"', "no-cache", "no-cache"),
+        ('protected_cache_control = ""', None, "no-cache"),
+        ("", "private, no-store", "no-cache"),
+    ],
+)
+def test_protected_cache_control_is_configurable_and_never_replaces_the_apps(
+    start_proxy: Callable[..., Gunicorn],
+    upstream: ThreadedServer,
+    fake_ory: FakeKratos,
+    setting: str,
+    members: str | None,
+    sse: str,
+) -> None:
+    proxy = start_proxy(
+        f'[proxy]\nupstream = "{upstream.url}"\n{setting}\n'
+        f'[ory]\nsdk_url = "{fake_ory.url}"\n'
+        '[[protect]]\nprefix = "/members"\n[[protect]]\nprefix = "/sse"\n'
+    )
+    headers = {**JSON, "X-Session-Token": session_token(fake_ory)}
+    answer = requests.get(f"{proxy.url}/members", headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers.get("Cache-Control") == members
+    answer = requests.get(f"{proxy.url}/sse?count=1&delay=0", headers=headers, timeout=5)
+    assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == sse
+
+
+@pytest.mark.parametrize("value", ["private\r\nSet-Cookie: x=1", "no-store\x0bprivate", "a\x00b"])
+def test_protected_cache_control_must_be_one_header_line(value: str) -> None:
+    with pytest.raises(ConfigError, match="protected_cache_control"):
+        make_app(upstream="http://127.0.0.1:9", protected_cache_control=value)

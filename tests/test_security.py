@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from app_readings import served_as_protected
+from app_readings import app_readings, served_as_protected, under
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -194,6 +194,23 @@ ATTEMPTS = [
     "http://app.example.com/members/x",
     "/members?a=/../open",
     "/open?/../members",
+    "/members%0A",
+    "/members%0a",
+    "/members%0D%0A",
+    "/members%0d",
+    "/members%09",
+    "/members%7F",
+    "/members%1f/x",
+    "/members%20%0A",
+    "/members.%0A",
+    "/Members%0A",
+    "/%0Amembers",
+    "/mem%0Abers",
+    "/members%250A",
+    "/members/signup%0A",
+    "/members/signup%0a/../x",
+    "/admin%0A",
+    "/admin%0B/users",
 ]
 
 
@@ -342,19 +359,24 @@ def test_suspicious_spelling_inside_a_protected_area_is_a_400(proxy: Gunicorn) -
         "/open%5c..%5cmembers",
         "/open%252f..%252fmembers",
         "/open/%c0%ae%c0%ae/members",
+        "/members%0A",
+        "/members%0d",
+        "/members%7f/x",
+        "/members/signup%0A",
     ):
         status, _, body = send_raw(proxy, target, headers=JSON)
         assert status == 400, target
         assert b'"code":400' in body
 
 
+@pytest.mark.parametrize("target", ["/files/a%2Fb", "/files/a%0A", "/open%0d%0a"])
 def test_suspicious_spelling_away_from_protected_areas_is_forwarded(
-    proxy: Gunicorn, recorder: RecordingUpstream
+    proxy: Gunicorn, recorder: RecordingUpstream, target: str
 ) -> None:
     count = len(recorder.seen)
-    status, _, _ = send_raw(proxy, "/files/a%2Fb", headers=JSON)
+    status, _, _ = send_raw(proxy, target, headers=JSON)
     assert status == 200
-    assert [s.raw_uri for s in recorder.since(count)] == ["/files/a%2Fb"]
+    assert [s.raw_uri.upper() for s in recorder.since(count)] == [target.upper()]
 
 
 def test_the_checked_path_is_the_forwarded_path(
@@ -370,10 +392,149 @@ def test_the_checked_path_is_the_forwarded_path(
     assert unquote(query) == "q=.."
 
 
+@pytest.mark.parametrize(
+    ("target", "script_name"),
+    [
+        ("/x/members", "/x"),
+        ("/members", "/members"),
+        ("/members/x", "/members"),
+        ("/open/members", "/open"),
+        ("/.ory/admin/identities", "/.ory"),
+        ("/.ory/sessions/whoami", "/.ory"),
+        ("/x/.ory/admin/identities", "/x"),
+        ("/x/.ory/proxy/health/alive", "/x"),
+    ],
+)
+def test_a_client_script_name_changes_nothing_in_proxy_mode(
+    proxy: Gunicorn, recorder: RecordingUpstream, target: str, script_name: str
+) -> None:
+    outcomes = []
+    for headers in ({}, {"SCRIPT_NAME": script_name}):
+        count = len(recorder.seen)
+        status, _, _ = send_raw(proxy, target, headers={**JSON, **headers})
+        outcomes.append((status, [seen.raw_uri for seen in recorder.since(count)]))
+    assert outcomes[0] == outcomes[1]
+    status, forwarded = outcomes[1]
+    assert forwarded in ([], [target])
+
+
 def test_app_readings_model_sees_the_classic_tricks() -> None:
     assert protected_for_app("/open/..;/members")
     assert protected_for_app("/MEMBERS")
     assert protected_for_app("/members/signup/../x")
     assert protected_for_app("/members%00.html")
+    assert protected_for_app("/members%0A")
+    assert protected_for_app("/members%20%09/x")
     assert not protected_for_app("/members/signup/x")
     assert not protected_for_app("/membership")
+
+
+# -- Ory-bound paths: they stay on Ory's public API, under the Ory URL's own path ------------
+
+ORY_ATTEMPTS = [
+    "/.ory/admin%2Fidentities",
+    "/.ory/admin%2fidentities",
+    "/.ory/ADMIN%2Fidentities",
+    "/.ory/Admin%5Cidentities",
+    "/.ory/admin%5cidentities",
+    "/.ory/admin\\identities",
+    "/.ory/admin%252Fidentities",
+    "/.ory/admin%25%32%46identities",
+    "/.ory/admin%u002fidentities",
+    "/.ory/admin%00/identities",
+    "/.ory/admin%0A",
+    "/.ory/admin%09/identities",
+    "/.ory/admin%7F/identities",
+    "/.ory/admin",
+    "/.ory/ADMIN/identities",
+    "/.ory/%61dmin/identities",
+    "/.ory/%41DMIN/identities",
+    "/.ory/admin;x/identities",
+    "/.ory/admin%3B/identities",
+    "/.ory/admin./identities",
+    "/.ory/admin%20/identities",
+    "/.ory/x/../admin/identities",
+    "/.ory/x/..;/admin/identities",
+    "/.ory/..%2Fadmin/identities",
+    "/.ory/..%2fadmin/identities",
+    "/.ory/%2e%2e%2fadmin/identities",
+    "/.ory/..%5Cadmin/identities",
+    "/.ory/..%5c..%5cadmin",
+    "/.ory/..%252Fadmin/identities",
+    "/.ory/x/..%2F..%2Fadmin",
+    "/.ory/..%2F..%2Fother",
+    "/.ory/%2e%2e%2f%2e%2e%2fother",
+    "/.ory/..%2Fkratos-admin/x",
+    "/.ory/self-service/%2e%2e%2f%2e%2e%2f..%2fadmin",
+    "/.ory/sessions%2F..%2F..%2Fadmin",
+]
+
+
+@pytest.fixture(scope="module")
+def ory_recorder() -> RecordingUpstream:
+    return RecordingUpstream()
+
+
+@pytest.fixture(scope="module")
+def recorded_ory(ory_recorder: RecordingUpstream) -> Iterator[ThreadedServer]:
+    """Stands in for Ory mounted under a path: every request that reaches it is recorded."""
+    server = ThreadedServer(ory_recorder)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ory_path_proxy(
+    recorded_ory: ThreadedServer, upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gunicorn]:
+    directory = tmp_path_factory.mktemp("ory-path")
+    config = directory / "ory.toml"
+    config.write_text(
+        f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
+        f'[ory]\nsdk_url = "{recorded_ory.url}/kratos"\napi_key = "secret-key"\n{RULES}'
+    )
+    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
+    yield server
+    server.stop()
+
+
+def on_ory_public_api(raw_uri: str) -> bool:
+    """Whether every reading of a path Ory received is under /kratos and off its admin API."""
+    readings = app_readings(raw_uri.split("?", 1)[0])
+    return all(
+        under(reading, "/kratos") and not under(reading.lower(), "/kratos/admin")
+        for reading in readings
+    )
+
+
+@pytest.mark.parametrize("target", ORY_ATTEMPTS)
+def test_ory_bound_path_never_leaves_the_public_api_under_the_ory_path(
+    ory_path_proxy: Gunicorn, ory_recorder: RecordingUpstream, target: str
+) -> None:
+    count = len(ory_recorder.seen)
+    status, _, body = send_raw(
+        ory_path_proxy, target, headers={**JSON, "Authorization": "Bearer client"}
+    )
+    seen = ory_recorder.since(count)
+    assert all(on_ory_public_api(request.raw_uri) for request in seen), seen
+    assert status in (400, 404), (target, status)
+    assert not seen, target
+    assert b"Traceback" not in body
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/.ory/self-service/login/browser?x=1", "/kratos/self-service/login/browser?x=1"),
+        ("/.ory/x/../sessions/whoami", "/kratos/sessions/whoami"),
+        ("/.ory/ui/%C3%A9t%C3%A9", "/kratos/ui/%C3%A9t%C3%A9"),
+        ("/.ory/administrator", "/kratos/administrator"),
+    ],
+)
+def test_ory_bound_path_on_the_public_api_is_forwarded_under_the_ory_path(
+    ory_path_proxy: Gunicorn, ory_recorder: RecordingUpstream, target: str, expected: str
+) -> None:
+    count = len(ory_recorder.seen)
+    status, _, _ = send_raw(ory_path_proxy, target, headers=JSON)
+    assert status == 200
+    assert [request.raw_uri for request in ory_recorder.since(count)] == [expected]

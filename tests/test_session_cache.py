@@ -92,6 +92,18 @@ def test_anonymous_is_cached_for_negative_ttl(ory: HTTPServer, client: OryClient
     assert calls(ory) == 2
 
 
+@pytest.mark.parametrize("status", [400, 413, 431])
+def test_credentials_ory_refuses_are_cached_like_anonymous_answers(
+    ory: HTTPServer, client: OryClient, status: int
+) -> None:
+    """A client repeating what Ory refuses costs one call per negative_ttl, not one per request."""
+    ory.expect_request("/sessions/whoami").respond_with_data("refused", status=status)
+    lookup = lookup_with(SessionCache(ttl=10.0, negative_ttl=5.0), client)
+    answers = [lookup(credentials("forged")) for _ in range(20)]
+    assert {answer.outcome for answer in answers} == {"anonymous"}
+    assert calls(ory) == 1
+
+
 @pytest.mark.parametrize(
     ("status", "body"),
     [

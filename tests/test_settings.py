@@ -13,6 +13,7 @@ from servers import ROOT, free_port
 
 from ory_wsgi import ConfigError, make_app
 from ory_wsgi.settings import Settings, describe, load_settings
+from ory_wsgi.startup_check import app_factory_call
 
 
 def toml(tmp_path: Path, text: str, name: str = "ory.toml") -> Path:
@@ -310,3 +311,95 @@ def test_gunicorn_with_a_bad_file_exits_with_the_error_line(tmp_path: Path) -> N
     )
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
+
+
+# -- bad settings under gunicorn: one line, exit code 4, every time ----------------------
+
+UPSTREAM = 'upstream = "http://127.0.0.1:3000"\n'
+BAD_STARTS = {
+    "typo": ("[proxy]\n" + UPSTREAM + 'read_timout = "5s"\n', "unknown key [proxy] read_timout"),
+    "toml-syntax": ("[proxy\n", "line 1"),
+    "bad-url": ('[proxy]\nupstream = "nope"\n', "[proxy] upstream: not an http(s) URL"),
+    "no-upstream": ('[proxy]\npublic_url = "https://app.example.com"\n', "upstream is not set"),
+    "protect-without-ory": (
+        "[proxy]\n" + UPSTREAM + '[[protect]]\nprefix = "/members"\n',
+        "[[protect]] needs Ory",
+    ),
+    "state-dir-open": (
+        "[proxy]\n" + UPSTREAM + 'state_dir = "open"\n[ory]\nsdk_url = "http://127.0.0.1:9"\n',
+        "the state directory is writable by group or others",
+    ),
+}
+GUNICORN_STARTS = {
+    "plain": ["--workers", "3"],
+    "plain-gthread": ["--workers", "4", "--worker-class", "gthread", "--threads", "4"],
+    "shipped-config": ["--config", "python:ory_wsgi.gunicorn_conf", "--workers", "3"],
+    "preload": ["--workers", "3", "--preload"],
+}
+
+
+# Every kind of bad setting with the plain command (where workers must agree on who
+# reports), and a spread of kinds with the other ways to start.
+CASES = [("plain", bad) for bad in BAD_STARTS] + [
+    ("plain-gthread", "typo"),
+    ("plain-gthread", "state-dir-open"),
+    ("shipped-config", "typo"),
+    ("shipped-config", "toml-syntax"),
+    ("shipped-config", "no-upstream"),
+    ("shipped-config", "state-dir-open"),
+    ("preload", "bad-url"),
+    ("preload", "protect-without-ory"),
+]
+
+
+@pytest.mark.parametrize(("start", "bad"), CASES, ids=[f"{s}-{b}" for s, b in CASES])
+def test_gunicorn_with_a_bad_setting_prints_one_line_and_exits_4(
+    tmp_path: Path, start: str, bad: str
+) -> None:
+    text, expected = BAD_STARTS[bad]
+    path = toml(tmp_path, text)
+    (tmp_path / "open").mkdir(mode=0o777)
+    (tmp_path / "open").chmod(0o777)
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{free_port()}",
+        "--no-control-socket",
+        *GUNICORN_STARTS[start],
+        f'ory_wsgi:make_app("{path}")',
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PORT": str(free_port())},
+    )
+    output = result.stdout + result.stderr
+    ours = [line for line in output.splitlines() if expected in line]
+    assert len(ours) == 1, output
+    assert "Traceback" not in output and "HaltServer" not in output, output
+    assert result.returncode == 4, output
+
+
+@pytest.mark.parametrize(
+    ("app_uri", "call"),
+    [
+        ('ory_wsgi:make_app("ory.toml")', (["ory.toml"], {})),
+        ("ory_wsgi:make_app()", ([], {})),
+        (
+            'ory_wsgi.app:make_app(config="a.toml", upstream="http://a")',
+            ([], {"config": "a.toml", "upstream": "http://a"}),
+        ),
+        ("myapp:application", None),
+        ('myapp:make_app("ory.toml")', None),
+        ('ory_wsgi:make_app(os.environ["CONFIG"])', None),
+        ("ory_wsgi:make_app(", None),
+        (None, None),
+    ],
+)
+def test_the_master_check_reads_the_app_uri_as_gunicorn_does(app_uri: Any, call: Any) -> None:
+    assert app_factory_call(app_uri) == call

@@ -5,89 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from servers import Gunicorn, ThreadedServer, free_port
+from servers import Gunicorn, ScriptedUpstream, ThreadedServer, free_port
 
-from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
-from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.errors import (
+    BadRequest,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamHeadersTooLarge,
+    UpstreamTimeout,
+)
+from ory_wsgi.upstream_pool import MAX_HEADER_BYTES, MAX_HEADERS, UpstreamPool, UpstreamResponse
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-# (index of the connection, index of the request on it) -> the bytes to answer, or None to hang up.
-Script = Callable[[int, int], bytes | None]
-
-
-class ScriptedUpstream:
-    """A raw HTTP/1.1 server answering bodiless requests as `script` says; counts connections."""
-
-    def __init__(self, script: Script, delay: float = 0.0, hang_up: bool = False) -> None:
-        self.script = script
-        self.delay = delay
-        self.hang_up = hang_up  # close the connection after each answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.connections = 0
-        self.running = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while self.running:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            index = self.connections
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(sock, index), daemon=True).start()
-
-    def _serve(self, sock: socket.socket, index: int) -> None:
-        with sock:
-            buffer = b""
-            request = 0
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        data = sock.recv(65536)
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    buffer += data
-                _, buffer = buffer.split(b"\r\n\r\n", 1)
-                answer = self.script(index, request)
-                request += 1
-                if answer is None:
-                    return
-                time.sleep(self.delay)
-                try:
-                    sock.sendall(answer)
-                except OSError:
-                    return
-                if self.hang_up:
-                    return
-
-    def stop(self) -> None:
-        self.running = False
-        self.listener.close()
-
-
-@pytest.fixture
-def scripted() -> Iterator[Callable[..., ScriptedUpstream]]:
-    started: list[ScriptedUpstream] = []
-
-    def start(script: Script, delay: float = 0.0, hang_up: bool = False) -> ScriptedUpstream:
-        server = ScriptedUpstream(script, delay, hang_up)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def fetch(pool: UpstreamPool, target: str = "/", method: str = "GET", **kwargs: Any) -> bytes:
@@ -385,9 +320,10 @@ def test_malformed_response_header_is_upstream_error(
     answer = b"HTTP/1.1 200 OK\r\n" + header_line + b"Content-Length: 2\r\n\r\nok"
     server = scripted(lambda conn, req: answer)
     pool = UpstreamPool(server.url)
-    with pytest.raises(UpstreamError) as failed:
+    with pytest.raises(UpstreamBadResponse) as failed:
         pool.request("GET", "/", {"Host": "a"})
     assert failed.value.status == 502
+    assert failed.value.code == "upstream_bad_response"
 
 
 def test_chunked_answer_is_decoded_and_its_connection_reused(
@@ -427,3 +363,204 @@ def test_http_client_writes_and_reads_on_the_socket_the_transport_puts_in_it(
     assert connection.sock is sock
     connection.close()
     assert sock.fileno() == -1
+
+
+# -- response framing (RFC 9112 §6.3) ---------------------------------------------------
+
+CHUNKED_BODY = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+        b"Content-Length: 500\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: abc\r\nTransfer-Encoding: Chunked\r\n",
+        b"Content-Length: 3\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_transfer_encoding_with_content_length_is_read_as_chunked_and_the_length_dropped(
+    scripted: Callable[..., ScriptedUpstream], framing: bytes
+) -> None:
+    server = scripted(lambda conn, req: b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n" + CHUNKED_BODY)
+    pool = UpstreamPool(server.url)
+    response = pool.request("GET", "/", {"Host": "a"})
+    assert response.read() == b"hello world"
+    assert [name for name, _ in response.headers if name.lower() == "content-length"] == []
+    response.release()
+    # Framed two ways: the connection is not trusted with a second answer.
+    assert pool.idle == 0
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 5, 6\r\n",
+        b"Content-Length: 6,5\r\n",
+        b"Content-Length: 5\r\nContent-Length: 5, 50\r\n",
+    ],
+)
+def test_conflicting_content_lengths_are_a_bad_response(
+    scripted: Callable[..., ScriptedUpstream], lengths: bytes
+) -> None:
+    server = scripted(lambda conn, req: b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nhello!")
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse) as failed:
+        pool.request("GET", "/", {"Host": "a"})
+    assert (failed.value.status, failed.value.code) == (502, "upstream_bad_response")
+    assert pool.idle == 0
+
+
+@pytest.mark.parametrize(
+    "value", [b"abc", b"-1", b"+5", b"0x5", b"5.0", b"5 5", b"", b"1e3", b"\xd9\xa5", b"9" * 40]
+)
+def test_invalid_content_length_is_a_bad_response(
+    scripted: Callable[..., ScriptedUpstream], value: bytes
+) -> None:
+    server = scripted(
+        lambda conn, req: b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nhello"
+    )
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse) as failed:
+        pool.request("GET", "/", {"Host": "a"})
+    assert failed.value.code == "upstream_bad_response"
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [
+        b"Content-Length: 5\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5, 5\r\n",
+        b"Content-Length: 5 ,5\r\nContent-Length: 5\r\n",
+    ],
+)
+def test_identical_repeated_content_lengths_collapse_into_one(
+    scripted: Callable[..., ScriptedUpstream], lengths: bytes
+) -> None:
+    server = scripted(
+        lambda conn, req: b"HTTP/1.1 200 OK\r\n" + lengths + b"X-After: 1\r\n\r\nhello"
+    )
+    pool = UpstreamPool(server.url)
+    response = pool.request("GET", "/", {"Host": "a"})
+    assert response.headers == [("Content-Length", "5"), ("X-After", "1")]
+    assert response.read() == b"hello"
+    response.release()
+    assert fetch(pool) == b"hello"
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"gzip, chunked", b"chunked, gzip", b"gzip", b"chunked, chunked", b"identity", b"xchunked"],
+)
+def test_transfer_coding_other_than_chunked_alone_is_a_bad_response(
+    scripted: Callable[..., ScriptedUpstream], coding: bytes
+) -> None:
+    server = scripted(
+        lambda conn, req: (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n" + CHUNKED_BODY
+        )
+    )
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse):
+        pool.request("GET", "/", {"Host": "a"})
+
+
+def test_transfer_encoding_split_over_two_lines_is_read_as_its_list(
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = scripted(lambda conn, req: answer + CHUNKED_BODY)
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse):
+        pool.request("GET", "/", {"Host": "a"})
+
+
+# -- interim answers --------------------------------------------------------------------
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        EARLY_HINTS,
+        EARLY_HINTS + EARLY_HINTS,
+        b"HTTP/1.1 100 Continue\r\n\r\n" + b"HTTP/1.1 102 Processing\r\n\r\n" + EARLY_HINTS,
+        b"HTTP/1.1 199 Whatever\r\nX-Interim: 1\r\n\r\n",
+    ],
+)
+def test_interim_answers_are_dropped_and_the_final_answer_is_read(
+    scripted: Callable[..., ScriptedUpstream], interim: bytes
+) -> None:
+    answer = interim + b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok"
+    server = scripted(lambda conn, req: answer)
+    pool = UpstreamPool(server.url)
+    response = pool.request("GET", "/", {"Host": "a"})
+    assert (response.status, response.headers) == (201, [("Content-Length", "2"), ("X-Final", "1")])
+    assert response.read() == b"ok"
+    response.release()
+    assert fetch(pool) == b"ok"
+    assert server.connections == 1
+
+
+def test_endless_interim_answers_are_a_bad_response(
+    scripted: Callable[..., ScriptedUpstream],
+) -> None:
+    server = scripted(lambda conn, req: EARLY_HINTS * 100 + OK)
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse):
+        pool.request("GET", "/", {"Host": "a"})
+
+
+# -- header limits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [101, 1000, MAX_HEADERS])
+def test_many_response_headers_within_the_limits_are_read(
+    scripted: Callable[..., ScriptedUpstream], count: int
+) -> None:
+    lines = b"".join(b"a:%d\r\n" % (i % 10) for i in range(count - 1))
+    assert len(lines) < MAX_HEADER_BYTES
+    server = scripted(
+        lambda conn, req: b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+    )
+    pool = UpstreamPool(server.url)
+    response = pool.request("GET", "/", {"Host": "a"})
+    assert len(response.headers) == count
+    assert response.read() == b"ok"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b"a:1\r\n" * (MAX_HEADERS + 1),
+        b"Set-Cookie: " + b"x" * 1000 + b"\r\n" * 1 + (b"X: " + b"y" * 1000 + b"\r\n") * 300,
+        b"X-Huge: " + b"z" * 70000 + b"\r\n",
+    ],
+    ids=["lines", "bytes", "one_line"],
+)
+def test_response_headers_beyond_the_limits_are_their_own_error(
+    scripted: Callable[..., ScriptedUpstream], lines: bytes
+) -> None:
+    server = scripted(
+        lambda conn, req: b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
+    )
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamHeadersTooLarge) as failed:
+        pool.request("GET", "/", {"Host": "a"})
+    assert (failed.value.status, failed.value.code) == (502, "upstream_headers_too_large")
+
+
+@pytest.mark.parametrize(
+    "answer", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/2 200\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n"]
+)
+def test_answer_that_is_not_http_1_is_a_bad_response(
+    scripted: Callable[..., ScriptedUpstream], answer: bytes
+) -> None:
+    server = scripted(lambda conn, req: answer)
+    pool = UpstreamPool(server.url)
+    with pytest.raises(UpstreamBadResponse):
+        pool.request("GET", "/", {"Host": "a"})

@@ -5,10 +5,14 @@
     lookup = client.whoami(credentials, request_id) if credentials else ANONYMOUS
 
 The client holds one urllib3 pool for the life of the worker. It sends Ory
-nothing but the credentials, never follows redirects, keeps no cookies, reads
-no proxy variables, and turns every failure into a `Lookup` with an error code
+nothing but the credentials (the session cookies and tokens, each bounded in
+size: `ory.cookies`), never follows redirects, keeps no cookies, reads no
+proxy variables, and turns every failure into a `Lookup` with an error code
 instead of an exception. After a few failures in a row it stops asking Ory for
 a short back-off, so requests fail fast instead of piling up on a dead Ory.
+Only failures of Ory count towards that back-off (no answer, 5xx, an
+unusable 200): a 4xx is Ory refusing what this one client sent, and a client
+must not be able to make Ory "unavailable" for every other user.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -34,12 +38,14 @@ from urllib3.exceptions import (
 from urllib3.util import Timeout
 from urllib3.util.request import SKIP_HEADER
 
+from ory_wsgi.ory.cookies import credential_fits, session_cookies
+from ory_wsgi.ory.cookies import session_cookie_names as session_cookie_names
+
 log = logging.getLogger("ory_wsgi.ory")
 
-SELF_HOSTED_SESSION_COOKIE = "ory_kratos_session"
-ORY_NETWORK_SUFFIX = ".projects.oryapis.com"
 AAL2_REQUIRED = "session_aal2_required"
 UNAVAILABLE = "ory_unavailable"
+REFUSED = "credentials_refused"
 
 Outcome = Literal["authenticated", "anonymous", "aal2_required", "rate_limited", "error"]
 
@@ -58,7 +64,7 @@ class Credentials:
     """
 
     cookie: str = field(repr=False)
-    """The Cookie header for Ory: only the `ory_*` cookies and the session cookie."""
+    """The Cookie header for Ory: only the session cookies, each once."""
     session_token: str = field(repr=False)
     bearer: str = field(repr=False)
     cache_key: bytes
@@ -91,25 +97,6 @@ ANONYMOUS = Lookup("anonymous")
 FAILED = Lookup("error", error=UNAVAILABLE)
 
 
-def session_cookie_names(
-    ory_url: str, project: str = "", session_cookie: str = ""
-) -> frozenset[str]:
-    """The cookie names Kratos may read the session from, for `extract_credentials`.
-
-    The Ory Network name is derived from the project slug, or from an
-    `https://<slug>.projects.oryapis.com` SDK URL when no slug is given.
-    """
-    names = {SELF_HOSTED_SESSION_COOKIE}
-    host = urlsplit(ory_url).hostname or ""
-    if not project and host.endswith(ORY_NETWORK_SUFFIX):
-        project = host.removesuffix(ORY_NETWORK_SUFFIX)
-    if project:
-        names.add("ory_session_" + project.replace("-", ""))
-    if session_cookie:
-        names.add(session_cookie)
-    return frozenset(names)
-
-
 def extract_credentials(
     environ: Mapping[str, Any], cookie_names: frozenset[str]
 ) -> Credentials | None:
@@ -117,33 +104,24 @@ def extract_credentials(
 
     A request counts as carrying a session when it has an `X-Session-Token`,
     a non-empty cookie named in `cookie_names`, or `Authorization: Bearer`.
-    Only cookies whose name starts with `ory_` (or is in `cookie_names`) are
-    kept: the app's own cookies never travel to Ory.
+    Only those cookies are kept: no other cookie travels to Ory. A token or
+    cookie too large to be real is left out (and logged), as if not sent.
     """
+    request_id: str = environ.get("ory.request_id", "")
     token: str = environ.get("HTTP_X_SESSION_TOKEN", "")
-    cookie = ""
-    found = bool(token)
+    if token and not credential_fits("X-Session-Token", token, request_id):
+        token = ""
     header: str = environ.get("HTTP_COOKIE", "")
-    if header:
-        kept = []
-        for piece in header.split(";"):
-            name, sep, value = piece.partition("=")
-            name = name.strip()
-            if not sep or not (name.startswith("ory_") or name in cookie_names):
-                continue
-            value = value.strip()
-            kept.append(f"{name}={value}")
-            if value and name in cookie_names:
-                found = True
-        cookie = "; ".join(kept)
+    cookie = session_cookies(header, cookie_names, request_id) if header else ""
     bearer = ""
     authorization: str = environ.get("HTTP_AUTHORIZATION", "")
     if authorization:
         scheme, _, rest = authorization.partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
             bearer = rest.strip()
-            found = True
-    if not found:
+            if not credential_fits("the Authorization bearer token", bearer, request_id):
+                bearer = ""
+    if not (token or cookie or bearer):
         return None
     material = f"{token}\n{cookie}\n{bearer}".encode("utf-8", "surrogatepass")
     key = hashlib.blake2b(material, digest_size=16).digest()
@@ -229,33 +207,59 @@ class OryClient:
             lookup = _session_lookup(response.data)
         elif status == 401:
             lookup = ANONYMOUS
-        elif status == 403:
-            lookup = _forbidden_lookup(response.data)
         elif status == 429:
             lookup = Lookup("rate_limited", retry_after=response.headers.get("Retry-After"))
+        elif status == 403 and (aal2 := _aal2_lookup(response.data)) is not None:
+            lookup = aal2
+        elif 400 <= status < 500:
+            # Ory refused what this client sent (a malformed token, a header too
+            # large): no session for this request, and no failure of Ory.
+            self._refused(request_id, f"GET {self.whoami_path} answered {status}")
+            return ANONYMOUS
         else:
             lookup = FAILED
         if lookup.outcome == "error":
-            unusable = " with an unusable body" if status in (200, 403) else ""
+            unusable = " with an unusable body" if status == 200 else ""
             self._failed(request_id, f"GET {self.whoami_path} answered {status}{unusable}")
             return FAILED
         self._succeeded()
         return lookup
 
-    def logout_url(self, credentials: Credentials, request_id: str) -> str | None:
+    def logout_url(
+        self, credentials: Credentials, request_id: str, return_to: str = ""
+    ) -> str | None:
         """The URL that ends this browser session, or None when there is no session.
 
-        Raises `OryUnavailable` when Ory gives no usable answer.
+        `return_to` is where Ory sends the browser once the session is ended.
+        A Kratos that refuses it (400: not in its `allowed_return_urls`) is
+        asked again without it, and the operator is told in the log. Raises
+        `OryUnavailable` when Ory gives no usable answer.
         """
         if not credentials.cookie:
             return None
         headers = _base_headers(request_id)
         headers["Cookie"] = credentials.cookie
         headers.update(self.logout_headers)
-        response = self._get(self.logout_path, headers, request_id)
+        path = self.logout_path
+        if return_to:
+            path += "?return_to=" + quote(return_to, safe="")
+        response = self._get(path, headers, request_id)
+        if return_to and response.status == 400:
+            log.warning(
+                "Ory refused return_to=%s for the logout; add it to Kratos' "
+                "selfservice.allowed_return_urls. Logging out without it.",
+                return_to,
+                extra={"fields": {"request_id": request_id}},
+            )
+            response = self._get(self.logout_path, headers, request_id)
         if response.status == 401:
             self._succeeded()
             return None
+        if 400 <= response.status < 500:
+            # Ory refused this client's request: the session is not ended, so no
+            # "logged out" redirect, and no failure of Ory counted either.
+            self._refused(request_id, f"GET {self.logout_path} answered {response.status}")
+            raise OryUnavailable(f"logout answered {response.status}")
         url: object = None
         if response.status == 200:
             try:
@@ -322,6 +326,16 @@ class OryClient:
                 self._failures = 0
                 self._open_until = 0.0
 
+    def _refused(self, request_id: str, reason: str) -> None:
+        """Ory answered, refusing what one client sent: Ory is fine, nothing is counted."""
+        self._succeeded()
+        log.warning(
+            "%s: %s to this request's credentials (not counted as a failure of Ory)",
+            REFUSED,
+            reason,
+            extra={"fields": {"error": REFUSED, "request_id": request_id}},
+        )
+
     def _failed(self, request_id: str, reason: str) -> None:
         with self._breaker_lock:
             self._failures += 1
@@ -369,15 +383,16 @@ def _session_lookup(body: bytes) -> Lookup:
     )
 
 
-def _forbidden_lookup(body: bytes) -> Lookup:
+def _aal2_lookup(body: bytes) -> Lookup | None:
+    """The lookup of a 403 `session_aal2_required`; None for any other 403."""
     try:
         envelope = json.loads(body)
         error = envelope["error"]
         error_id = error.get("id")
     except (ValueError, TypeError, KeyError, AttributeError):
-        return FAILED
+        return None
     if error_id != AAL2_REQUIRED:
-        return FAILED
+        return None
     redirect = envelope.get("redirect_browser_to")
     if not isinstance(redirect, str):
         details = error.get("details")

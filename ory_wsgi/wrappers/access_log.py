@@ -5,8 +5,10 @@
 A well-formed incoming `X-Request-Id` is kept, anything else is replaced by a
 new one; either way the upstream and the client both see it. The line is
 written when the response body is finished, so its status, size and timing
-are the real ones; a response the client abandoned is logged as 499, one the
-upstream broke off mid-body with the status of that failure (502 or 504).
+are the real ones. A response is logged as 499 only when the client really
+went away: writing to it failed, or its request body stopped short. A body
+the server stopped sending without an error (a followed redirect) keeps its
+status; one the upstream broke off mid-body gets that failure's (502 or 504).
 """
 
 from __future__ import annotations
@@ -139,10 +141,15 @@ class LoggedBody:
 
     def close(self) -> None:
         record = self.record
+        # A write to the client that failed reaches close() with its error still in flight:
+        # gunicorn and werkzeug call close() from a `finally`. A server that stopped
+        # iterating for any other reason (the client had its redirect and dropped the rest)
+        # did not see the client abort, and the answer it sent is the one to log.
+        write_failed = not self.finished and isinstance(sys.exc_info()[1], OSError)
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            gone = not self.finished or record.environ.get("ory.client_gone")
+            gone = write_failed or record.environ.get("ory.client_gone")
             record.write(499 if gone else record.status)

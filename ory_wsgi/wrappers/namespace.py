@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ory_wsgi.answers import error_answer, json_answer
+from ory_wsgi.wrappers.path_check import EMBEDDED_KEY
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PREFIX = "/.ory/proxy/"
@@ -28,6 +29,9 @@ class ProxyNamespace:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if not environ.get(EMBEDDED_KEY):
+            # The proxy forwards the whole target: a SCRIPT_NAME split must not move it.
+            path = environ.get("SCRIPT_NAME", "") + path
         handler = self.routes.get(path)
         if handler is not None:
             return handler(environ, start_response)

@@ -1,12 +1,15 @@
 """Enforce `[[protect]]`: a protected path is served only with a good enough session.
 
-    app = Protect(app, public_url="https://app.example.com")
+    app = Protect(app, public_url="https://app.example.com", cache_control="private, no-store")
 
-Runs after the session lookup. No session: a browser navigating is sent to
-Ory's login (303, `return_to` = this page); any other client gets 401 in
-Kratos' error envelope. Session below the rule's `aal`: the same with
-`aal=aal2`, or 403. Ory unreachable: 503 with `Retry-After` (fail closed);
-Ory rate-limiting: 429 passed on. CORS preflights never get here.
+Runs after the session lookup. Allowed: the response gets `cache_control`
+(`[proxy] protected_cache_control`) when it has no Cache-Control. No
+session: a browser navigating is sent to Ory's login (303, `return_to` =
+this page); any other client gets 401 in Kratos' error envelope. Session
+below the rule's `aal`: the same with `aal=aal2`, or 403. Ory unreachable:
+503 with `Retry-After` (fail closed); Ory rate-limiting: 429 passed on.
+The proxy and the embedded middleware answer CORS preflights before this
+layer; the decisions endpoint judges them here like any other request.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ UNAUTHORIZED = json.dumps(
 
 
 class Protect:
-    def __init__(self, app: WSGIApplication, public_url: str) -> None:
+    def __init__(self, app: WSGIApplication, public_url: str, cache_control: str = "") -> None:
         self.app = app
         self.public_url = public_url.rstrip("/")
         self.login_url = f"{self.public_url}/.ory/self-service/login/browser"
+        self.cache_control = cache_control
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         rule: CompiledRule | None = environ.get("ory.rule")
@@ -56,6 +60,8 @@ class Protect:
             have = session.get("authenticator_assurance_level", "aal1")
             if not needed or AAL_RANK.get(have, 0) >= AAL_RANK[needed]:
                 environ["ory.decision"] = "allow"
+                if self.cache_control:
+                    start_response = self._uncached(start_response)
                 return self.app(environ, start_response)
             return self._step_up(environ, start_response, needed)
         if error == "rate_limited":
@@ -90,6 +96,18 @@ class Protect:
             UNAUTHORIZED,
             [("WWW-Authenticate", "Bearer")],
         )
+
+    def _uncached(self, start_response: StartResponse) -> StartResponse:
+        """`start_response` that gives a response without Cache-Control ours: a member
+        page must not come back from the browser's cache after logout."""
+        cache_control = self.cache_control
+
+        def uncached(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                headers.append(("Cache-Control", cache_control))
+            return start_response(status, headers, *exc_info)
+
+        return uncached
 
     def _step_up(
         self, environ: WSGIEnvironment, start_response: StartResponse, aal: str
