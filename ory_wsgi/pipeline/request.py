@@ -5,7 +5,10 @@
 
 The path comes from the request line (`RAW_URI`), never from a header, and is
 normalised once (`ory_wsgi.paths.normalise_path`); the decisions endpoint
-passes what its trusted `X-Forwarded-*` headers say instead. Raises
+passes what its trusted `X-Forwarded-*` headers say instead. In-process
+(`environ["ory.embedded"]`) the rules judge the path after `SCRIPT_NAME`, as
+the application routes on it (a target not under it is BadRequest); `target`
+stays the whole normalised target. Raises
 BadRequest for a target that cannot be read (the adapter answers 400).
 """
 
@@ -16,15 +19,8 @@ from werkzeug.datastructures import EnvironHeaders
 from ory_wsgi.forwarder import request_target
 from ory_wsgi.paths import normalise_path
 from ory_wsgi.pipeline.state import RequestFacts
+from ory_wsgi.wrappers.path_check import EMBEDDED_KEY, app_relative_path, request_methods
 from ory_wsgi.wsgi import WSGIEnvironment
-
-# Headers with which frameworks (Rails, Laravel, Express, Symfony) let a
-# request claim another method: a method-limited rule must see that claim too.
-METHOD_OVERRIDE_KEYS = (
-    "HTTP_X_HTTP_METHOD_OVERRIDE",
-    "HTTP_X_HTTP_METHOD",
-    "HTTP_X_METHOD_OVERRIDE",
-)
 
 
 def request_facts(
@@ -36,20 +32,22 @@ def request_facts(
     host: str = "",
 ) -> RequestFacts:
     method = method or environ["REQUEST_METHOD"]
-    claimed = tuple(
-        upper
-        for key in METHOD_OVERRIDE_KEYS
-        if key in environ and (upper := str(environ[key]).strip().upper()) and upper != method
-    )
+    # Every method claimed through an override header (comma lists too), upper-cased.
+    claimed = (m.upper() for m in request_methods(environ)[1:])
     target = target or request_target(environ)
     raw_path, _, query = target.partition("?")
-    path = normalise_path(raw_path)
+    path = checked = normalise_path(raw_path)
+    if environ.get(EMBEDDED_KEY):
+        # In-process the application routes on the path after its mount point.
+        relative = app_relative_path(path.path, environ.get("SCRIPT_NAME", ""))
+        if relative != path.path:
+            checked = normalise_path(relative or "/")
     return RequestFacts(
         method=method,
-        methods=(method, *dict.fromkeys(claimed)),
+        methods=tuple(dict.fromkeys((method, *claimed))),
         scheme=scheme or environ.get("wsgi.url_scheme", "http"),
         host=host or environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""),
-        path=path,
+        path=checked,
         query=query,
         target=path.path + (f"?{query}" if query else ""),
         headers=EnvironHeaders(environ),
