@@ -4,8 +4,8 @@
     pipeline = Pipeline(shorthand_registry(services), lambda: index, trusted=True)
 
 Each `[[protect]]` entry is a rule with `cookie_session` + `bearer_token`
-(`required_aal` from its `aal`), `allow`, and `id_token` (`noop` with
-`[jwt] enabled = false`). Each `[[public]]` entry, and the catch-all for
+(`required_aal` from its `aal`), `allow`, and `id_token` with
+`only_with_session` (`noop` with `[jwt] enabled = false`). Each `[[public]]` entry, and the catch-all for
 every other path, is the optional session of SPEC §7: the same two
 authenticators with `optional = true` (a refused credential, or Ory down or
 rate-limiting, goes on anonymously), then `noop`. They are not matched by
@@ -79,7 +79,14 @@ def shorthand_registry(services: Services) -> Registry:
     return default_registry(services, extra={"errors": {ProxyErrors.name: ProxyErrors}})
 
 
-def protect_rule(rule: Rule, index: int, mutator: str) -> AccessRule:
+def mutators(jwt_enabled: bool) -> tuple[Handler, ...]:
+    """The JWT of a Kratos session (§8), and nothing for an anonymous request."""
+    if jwt_enabled:
+        return (Handler("id_token", {"only_with_session": True}),)
+    return (Handler("noop"),)
+
+
+def protect_rule(rule: Rule, index: int, mutator: tuple[Handler, ...]) -> AccessRule:
     config = {"required_aal": rule.aal} if rule.aal else {}
     return AccessRule(
         id=f"protect-{index}",
@@ -87,12 +94,14 @@ def protect_rule(rule: Rule, index: int, mutator: str) -> AccessRule:
         description=_describe(rule),
         authenticators=tuple(Handler(name, config) for name in SESSION_AUTHENTICATORS),
         authorizer=Handler("allow"),
-        mutators=(Handler(mutator),),
+        mutators=mutator,
         errors=(Handler(ProxyErrors.name),),
     )
 
 
-def public_rule(rule_id: str, source: str, description: str, mutator: str) -> AccessRule:
+def public_rule(
+    rule_id: str, source: str, description: str, mutator: tuple[Handler, ...]
+) -> AccessRule:
     optional = {"optional": True}
     return AccessRule(
         id=rule_id,
@@ -103,7 +112,7 @@ def public_rule(rule_id: str, source: str, description: str, mutator: str) -> Ac
             Handler("noop"),
         ),
         authorizer=Handler("allow"),
-        mutators=(Handler(mutator),),
+        mutators=mutator,
         errors=(Handler(ProxyErrors.name),),
     )
 
@@ -112,7 +121,7 @@ class ShorthandIndex:
     """The `RuleIndex` of the shorthand: `PathRules` decides, an `AccessRule` says how."""
 
     def __init__(self, settings: Settings) -> None:
-        mutator = "id_token" if settings.jwt.enabled else "noop"
+        mutator = mutators(settings.jwt.enabled)
         self.paths = PathRules(settings.protect, settings.public)
         by_rule: dict[int, MatchResult] = {}
         rules: list[AccessRule] = []
