@@ -212,6 +212,8 @@ def _allow(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[
     authorization = environ.get("ory.authorization")
     if authorization:
         headers.append(("Authorization", authorization))
+    # The mutators' other headers (`header`, `cookie`): the gateway copies them upstream.
+    headers.extend(environ.get("ory.upstream_headers", {}).items())
     subject = environ.get("ory.subject")
     if subject and environ.get("ory.session") is not None:
         headers.append(("X-Ory-Subject", subject))

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ory_wsgi.errors import ConfigError
 from ory_wsgi.keys import KeySet
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, session_cookie_names
 from ory_wsgi.ory.rewrite import OryRewriter
-from ory_wsgi.paths import PathRules
+from ory_wsgi.pipeline.decision import Pipeline
+from ory_wsgi.pipeline.layer import Decide
+from ory_wsgi.pipeline.registry import default_registry
+from ory_wsgi.pipeline.services import Services
+from ory_wsgi.pipeline.shorthand import ShorthandIndex, shorthand_registry
 from ory_wsgi.proxy_endpoints import JwksEndpoint, LogoutEndpoint
 from ory_wsgi.readiness import READY_PATH, Readiness
+from ory_wsgi.rules.watch import RuleSource
 from ory_wsgi.settings import Settings
-from ory_wsgi.tokens import TokenMinter
 from ory_wsgi.wrappers.namespace import Handler
 from ory_wsgi.wrappers.ory_route import OryForwarder
-from ory_wsgi.wrappers.path_check import PathCheck
-from ory_wsgi.wrappers.protect import Protect
-from ory_wsgi.wrappers.session import SessionLookup
-from ory_wsgi.wrappers.session_token import SessionToken
 from ory_wsgi.wsgi import WSGIApplication
 
 Around = Callable[[WSGIApplication], WSGIApplication]
@@ -28,28 +29,21 @@ Around = Callable[[WSGIApplication], WSGIApplication]
 def ory_layers(
     settings: Settings, public: str, metrics: Metrics | None = None
 ) -> tuple[Around, dict[str, Handler]]:
-    """Session lookup, protection and session → JWT, to wrap around an app, and their endpoints.
+    """The decision pipeline as one layer to wrap around an app, and the endpoints.
 
-    The forwarder and the decisions endpoint are wrapped in the same layers,
-    which share one Ory client, session cache and minter.
+    The forwarder, the decisions endpoint and the embedded app are wrapped in
+    the same `Decide` layer around one `Pipeline`, which shares one Ory
+    client, session cache and key set.
     """
     jwt = settings.jwt
     routes: dict[str, Handler] = {}
-    keys = minter = None
+    keys = None
     if jwt.enabled:
+        # The id_token mutators sign with these keys (one TokenMinter per rule's claims).
         keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
-        minter = TokenMinter(
-            keys,
-            jwt.issuer or public,
-            jwt.audience,
-            jwt.ttl,
-            jwt.claims,
-            rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
-        )
         jwks = JwksEndpoint(keys)
         routes["/.ory/jwks.json"] = jwks
         routes["/.ory/proxy/jwks.json"] = jwks
-    rules = PathRules(settings.protect, settings.public)
     client = OryClient(
         settings.ory_url,
         timeout=settings.ory.timeout,
@@ -65,20 +59,51 @@ def ory_layers(
         settings.ory_url, settings.ory.project, settings.ory.session_cookie
     )
 
+    services = Services(
+        settings=settings,
+        public_url=public,
+        keys=keys,
+        client=client,
+        cache=cache,
+        cookie_names=cookie_names,
+        rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
+    )
+    pipeline, shorthand = build_pipeline(services)
+
     def around(app: WSGIApplication) -> WSGIApplication:
-        app = SessionToken(app, minter, jwt.keep_client_authorization)
-        if rules:
-            app = Protect(app, public, settings.proxy.protected_cache_control)
-        app = SessionLookup(app, client, cache, cookie_names)
-        if rules:
-            app = PathCheck(app, rules)
-        return app
+        return Decide(
+            app,
+            pipeline,
+            cookie_names=cookie_names,
+            keep_client_authorization=jwt.keep_client_authorization,
+            cache_control=settings.proxy.protected_cache_control,
+            shorthand=shorthand,
+        )
 
     routes[READY_PATH] = Readiness(keys, client)
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
         client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/"
     )
     return around, routes
+
+
+def build_pipeline(services: Services) -> tuple[Pipeline, ShorthandIndex | None]:
+    """Access rules when any are configured, else `[[protect]]`/`[[public]]` as rules."""
+    settings = services.settings
+    status = settings.access_rules.no_match_status
+    if settings.rule or settings.access_rules.repositories:
+        if settings.protect or settings.public:
+            # Which of the two would govern a path is not decided: refuse to guess.
+            raise ConfigError(
+                "[[protect]]/[[public]] cannot be combined with access rules ([[rule]],"
+                " [access_rules] repositories): write the protected paths as rules"
+            )
+        registry = default_registry(services)
+        source = RuleSource(settings, validate=registry.validate)
+        return Pipeline(registry, source.current, no_match_status=status), None
+    index = ShorthandIndex(settings)
+    pipeline = Pipeline(shorthand_registry(services), lambda: index, trusted=True)
+    return pipeline, index
 
 
 def ory_forwarder_for(settings: Settings, public: str) -> OryForwarder:

@@ -260,7 +260,7 @@ class AppHandoff:
             environ["HTTP_AUTHORIZATION"] = authorization
         path_info = environ.get("ory.path_info")
         if path_info is not None:
-            # The path the rules judged (PathCheck), and nothing else, is what the app routes on.
+            # The path the rules judged (Decide), and nothing else, is what the app routes on.
             environ["PATH_INFO"] = path_info
             target = environ["ory.target"]
             for key in ("RAW_URI", "REQUEST_URI"):

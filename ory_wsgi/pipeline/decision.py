@@ -64,6 +64,7 @@ class Allow:
     cookies: dict[str, str]
     session: AuthSession
     state: RequestState
+    protected: bool = False  # the rule needs a credential (protected_cache_control applies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +257,13 @@ class Pipeline:
         state.session = session.ory_session
         state.upstream = prepared.rule.upstream.url
         return Allow(
-            prepared.rule, prepared.rule.upstream, session.header, session.cookies, session, state
+            prepared.rule,
+            prepared.rule.upstream,
+            session.header,
+            session.cookies,
+            session,
+            state,
+            loaded.strictness(prepared.rule) >= CREDENTIAL,
         )
 
     def _run(self, facts: RequestFacts, session: AuthSession, prepared: PreparedRule) -> None:

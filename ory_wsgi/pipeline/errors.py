@@ -77,7 +77,6 @@ class DecisionError(Exception):
         return ""
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        environ.setdefault("ory.error", self.error_id)
         if self.body is None:
             return error_answer(
                 environ,

@@ -5,10 +5,11 @@
 
 Each `[[protect]]` entry is a rule with `cookie_session` + `bearer_token`
 (`required_aal` from its `aal`), `allow`, and `id_token` with
-`only_with_session` (`noop` with `[jwt] enabled = false`). Each `[[public]]` entry, and the catch-all for
-every other path, is the optional session of SPEC §7: the same two
-authenticators with `optional = true` (a refused credential, or Ory down or
-rate-limiting, goes on anonymously), then `noop`. They are not matched by
+`only_with_session` (`noop` with `[jwt] enabled = false`). Each
+`[[public]]` entry, and the catch-all for every other path, is the
+optional session of SPEC §7: the same two authenticators with
+`optional = true` (a refused credential, or Ory down or rate-limiting, goes
+on anonymously), then `noop`. They are not matched by
 `ory_wsgi.rules.matcher` but by `ory_wsgi.paths.PathRules`, unchanged, so
 every guarantee `[[protect]]` gave holds: protect prefixes ignore case and
 end at a segment boundary, public exceptions match their exact spelling, the
@@ -124,10 +125,13 @@ class ShorthandIndex:
         mutator = mutators(settings.jwt.enabled)
         self.paths = PathRules(settings.protect, settings.public)
         by_rule: dict[int, MatchResult] = {}
+        self._compiled = {id(compiled.rule): compiled for compiled in self.paths.rules}
+        self._by_id: dict[str, CompiledRule] = {}
         rules: list[AccessRule] = []
         for index, rule in enumerate(settings.protect, 1):
             access = protect_rule(rule, index, mutator)
             rules.append(access)
+            self._by_id[access.id] = self._compiled[id(rule)]
             by_rule[id(rule)] = MatchResult(access)
         for index, rule in enumerate(settings.public, 1):
             access = public_rule(
@@ -152,6 +156,10 @@ class ShorthandIndex:
 
     def refuses(self, facts: RequestFacts, strictness: Any = None) -> bool:
         return self.paths.refuses(facts.path)
+
+    def compiled(self, rule_id: str) -> CompiledRule | None:
+        """The `[[protect]]` entry behind a rule (`environ["ory.rule"]`), None for open ones."""
+        return self._by_id.get(rule_id)
 
     def _result(self, compiled: CompiledRule) -> MatchResult:
         return self._by_rule[id(compiled.rule)]

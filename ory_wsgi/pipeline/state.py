@@ -63,6 +63,9 @@ class AuthSession:
     header: dict[str, str] = field(default_factory=dict)
     cookies: dict[str, str] = field(default_factory=dict)
     authenticator: str = ""
+    # Why an optional session authenticator stood aside (an open path goes on):
+    ory_error: str = ""  # "ory_unavailable" or "rate_limited"
+    aal_required: bool = False  # Kratos answered session_aal2_required
 
 
 @dataclass(slots=True)

@@ -150,10 +150,14 @@ class SessionAuthenticator:
         lookup = self.cache.get(credentials, lambda: client.whoami(credentials, request_id))
         try:
             self._accept(request, session, config, lookup)
-        except DecisionError:
-            if config.optional:
-                raise NotResponsible from None
-            raise
+        except DecisionError as error:
+            if not config.optional:
+                raise
+            if error.error_id in ("ory_unavailable", "rate_limited"):
+                session.ory_error = error.error_id
+            elif lookup.outcome == "aal2_required":
+                session.aal_required = True
+            raise NotResponsible from None
 
     def _accept(
         self, request: RequestFacts, session: AuthSession, config: SessionConfig, lookup: Lookup
