@@ -146,8 +146,9 @@ class Decisions:
         if status == 200 or status == 401:
             start_response(answer.status_line, answer.headers)
             return [content]
-        if status == 303:
-            # Gateways take only 200/401/403: the login redirect travels in Location.
+        if 300 <= status < 400 and answer.header("Location"):
+            # Gateways take only 200/401/403: the login redirect (a `redirect` error
+            # handler's too, whatever its code) travels in Location.
             environ["ory.decision"] = "login"
             return error_answer(
                 environ,

@@ -6,7 +6,8 @@ and client-IP headers (`X-Real-IP`, `True-Client-IP`, ...) and the rest of
 the X-Forwarded-* family (`-Port`, `-Prefix`, ...) are dropped. A
 client's Authorization, Ory-* and identity headers (`X-Ory-*`, `Remote-User`,
 `X-Forwarded-User`, ...: `ory_wsgi.identity_headers`) are never copied: the
-upstream gets `environ["ory.authorization"]` (set by the JWT layer) or nothing.
+upstream gets `environ["ory.authorization"]` (set by the JWT layer) or nothing,
+and the headers the access rule's mutators set (`environ["ory.upstream_headers"]`).
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def upstream_headers(
     authorization = environ.get("ory.authorization")
     if authorization:
         headers["Authorization"] = authorization  # type: ignore[assignment]
+    # What the rule's mutators set (`header`, `cookie`), identity headers included:
+    # the client's own were never copied above.
+    decided = environ.get("ory.upstream_headers")
+    if decided:
+        headers.update(decided)  # type: ignore[call-overload]
     return headers
 
 

@@ -1,0 +1,257 @@
+"""One Oathkeeper rule file, three modes, the same decisions (issue 11's "done means").
+
+The rule file (JSON, Oathkeeper's format, loaded unchanged) uses
+cookie_session/bearer_token/anonymous, allow/deny, id_token/header and
+json/redirect error handlers. It is served by the proxy under gunicorn, by
+nginx `auth_request` asking the decisions endpoint, and by a Flask app with
+the embedded middleware in-process; each case expects the same status, the
+same JWT subject and the same login redirect in all three. nginx passes on
+only `Authorization` (docs/deploy.md), so the `header` mutator's `X-User`
+is checked where the mode delivers it; a request no rule matches is 404,
+and 403 through the decisions endpoint (SPEC §16: nginx takes no 404).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from flask import Flask
+from flask import request as flask_request
+from gateways import Nginx, find_binary
+from joserfc import jwt
+from joserfc.jwk import KeySet
+from ory_flows import PASSWORD
+from servers import Gunicorn, ThreadedServer, free_port
+
+from ory_wsgi.middleware import OryMiddleware
+from ory_wsgi.settings import load_settings
+from ory_wsgi.testing import FakeKratos
+
+HOST = "<[^/]+>"
+LOGIN = "/.ory/self-service/login/browser"
+
+
+def rules(public: str) -> list[dict[str, Any]]:
+    login = f"{public}{LOGIN}"
+    errors = [
+        {
+            "handler": "redirect",
+            "config": {
+                "to": login,
+                "code": 303,
+                "return_to_query_param": "return_to",
+                "when": [
+                    {"error": ["unauthorized"], "request": {"header": {"accept": ["text/html"]}}}
+                ],
+            },
+        },
+        {"handler": "json"},
+    ]
+    return [
+        {
+            "id": "members",
+            "match": {"methods": ["GET", "POST"], "url": f"<https?>://{HOST}/members/<.*>"},
+            "authenticators": [{"handler": "cookie_session"}, {"handler": "bearer_token"}],
+            "authorizer": {"handler": "allow"},
+            "mutators": [
+                {"handler": "id_token", "config": {"claims": '{"aud": ["members"]}'}},
+                {"handler": "header", "config": {"headers": {"X-User": "{{ print .Subject }}"}}},
+            ],
+            "errors": errors,
+        },
+        {
+            "id": "admin",
+            "match": {"methods": ["GET"], "url": f"<https?>://{HOST}/admin<.*>"},
+            "authenticators": [{"handler": "cookie_session"}],
+            "authorizer": {"handler": "deny"},
+            "mutators": [{"handler": "noop"}],
+            "errors": errors,
+        },
+        {
+            "id": "open",
+            "match": {"methods": ["GET"], "url": f"<https?>://{HOST}/open<.*>"},
+            "authenticators": [{"handler": "anonymous"}],
+            "authorizer": {"handler": "allow"},
+            "mutators": [{"handler": "noop"}],
+        },
+    ]
+
+
+ENABLED = """
+[access_rules]
+repositories = ["{rules}"]
+[authenticators.cookie_session]
+enabled = true
+[authenticators.bearer_token]
+enabled = true
+[authenticators.anonymous]
+enabled = true
+[authorizers.allow]
+enabled = true
+[authorizers.deny]
+enabled = true
+[mutators.id_token]
+enabled = true
+[mutators.header]
+enabled = true
+[mutators.noop]
+enabled = true
+[errors.handlers.json]
+enabled = true
+[errors.handlers.redirect]
+enabled = true
+"""
+
+
+@dataclass
+class Seen:
+    """What one request came to, in any mode."""
+
+    status: int
+    subject: str = ""  # the JWT's sub the app received
+    audience: Any = None
+    user: str | None = None  # X-User, where the mode delivers it
+    login: str = ""  # the login redirect's path and return_to path
+
+
+@dataclass
+class Mode:
+    name: str
+    url: str
+    keys: KeySet
+    relays_headers: bool
+    flask: Any = None
+
+    def get(self, path: str, headers: dict[str, str]) -> Seen:
+        if self.flask is not None:
+            answer = self.flask.get(path, headers=headers)
+            status, body, location = (
+                answer.status_code,
+                answer.get_data(),
+                answer.headers.get("Location", ""),
+            )
+        else:
+            got = requests.get(self.url + path, headers=headers, allow_redirects=False, timeout=10)
+            status, body, location = got.status_code, got.content, got.headers.get("Location", "")
+        seen = Seen(status)
+        if location:
+            parts = urlsplit(location)
+            return_to = urlsplit(parse_qs(parts.query)["return_to"][0])
+            seen.login = f"{parts.path} -> {return_to.path}"
+        if status == 200:
+            echoed = json.loads(body)["headers"]
+            bearer = echoed.get("Authorization", "")
+            if bearer:
+                claims = jwt.decode(
+                    bearer.removeprefix("Bearer "), self.keys, algorithms=["ES256"]
+                ).claims
+                seen.subject, seen.audience = claims["sub"], claims.get("aud")
+            seen.user = echoed.get("X-User") if self.relays_headers else None
+        return seen
+
+
+def write_rules(tmp_path: Path, public: str) -> Path:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(rules(public)))
+    return path
+
+
+def proxy_config(tmp_path: Path, public: str, upstream: str, ory_url: str) -> str:
+    return (
+        f'[proxy]\nupstream = "{upstream}"\npublic_url = "{public}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+        f'[ory]\nsdk_url = "{ory_url}"\n[decisions]\nenabled = true\n'
+        + ENABLED.format(rules=write_rules(tmp_path, public))
+    )
+
+
+def jwks(url: str) -> KeySet:
+    return KeySet.import_key_set(requests.get(f"{url}/.ory/jwks.json", timeout=5).json())
+
+
+@pytest.fixture(params=["proxy", "nginx", "flask"])
+def mode(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    upstream: ThreadedServer,
+    fake_ory: FakeKratos,
+) -> Iterator[Mode]:
+    if request.param == "proxy":
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        config = tmp_path / "ory.toml"
+        config.write_text(proxy_config(tmp_path, public, upstream.url, fake_ory.url))
+        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path, port=port)
+        try:
+            yield Mode("proxy", server.url, jwks(server.url), relays_headers=True)
+        finally:
+            server.stop()
+    elif request.param == "nginx":
+        if find_binary(Nginx.binary_name) is None:
+            if os.environ.get("CI"):
+                raise RuntimeError("nginx is required in CI (.ci/run installs it)")
+            pytest.skip(f"nginx is not installed (apt-get install {Nginx.package})")
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        config = tmp_path / "ory.toml"
+        config.write_text(proxy_config(tmp_path, public, upstream.url, fake_ory.url))
+        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path)
+        gateway = Nginx(tmp_path, server.port, upstream.port, port)
+        try:
+            yield Mode("nginx", gateway.url, jwks(server.url), relays_headers=False)
+        finally:
+            gateway.stop()
+            server.stop()
+    else:
+        public = "http://localhost"
+        config = tmp_path / "ory.toml"
+        config.write_text(
+            f'[proxy]\npublic_url = "{public}"\nstate_dir = "{tmp_path}"\n'
+            f'[ory]\nsdk_url = "{fake_ory.url}"\n'
+            + ENABLED.format(rules=write_rules(tmp_path, public))
+        )
+        app = Flask(__name__)
+
+        @app.route("/<path:anything>", methods=["GET", "POST"])
+        def echo(anything: str) -> dict[str, Any]:
+            return {"headers": dict(flask_request.headers)}
+
+        app.wsgi_app = OryMiddleware(app.wsgi_app, load_settings(config, env={}))  # type: ignore[method-assign]
+        client = app.test_client(use_cookies=False)
+        keys = KeySet.import_key_set(client.get("/.ory/jwks.json").get_json())
+        yield Mode("flask", public, keys, relays_headers=True, flask=client)
+
+
+def session(fake_ory: FakeKratos) -> tuple[str, dict[str, str]]:
+    identity = fake_ory.add_identity("ada@example.com", PASSWORD)
+    _, token = fake_ory.create_session(identity["id"])
+    cookie = "; ".join(f"{k}={v}" for k, v in fake_ory.cookies(token).items())
+    return str(identity["id"]), {"Cookie": cookie, "X-Token": token}
+
+
+def test_one_rule_file_decides_alike_in_every_mode(mode: Mode, fake_ory: FakeKratos) -> None:
+    subject, credentials = session(fake_ory)
+    cookie = {"Cookie": credentials["Cookie"]}
+    bearer = {"Authorization": "Bearer " + credentials["X-Token"]}
+    user = subject if mode.relays_headers else None
+    html = {"Accept": "text/html"}
+    cases: list[tuple[str, dict[str, str], Seen]] = [
+        ("/members/page", cookie, Seen(200, subject, ["members"], user)),
+        ("/members/page", bearer, Seen(200, subject, ["members"], user)),
+        ("/members/page?x=1", html, Seen(303, login=f"{LOGIN} -> /members/page")),
+        ("/members/page", {"Accept": "application/json"}, Seen(401)),
+        ("/admin/x", cookie, Seen(403)),
+        ("/open/x", {}, Seen(200)),
+        ("/open/x", bearer, Seen(401)),
+        ("/nowhere", cookie, Seen(403 if mode.name == "nginx" else 404)),
+    ]
+    for path, headers, expected in cases:
+        assert mode.get(path, headers) == expected, (mode.name, path, headers)
