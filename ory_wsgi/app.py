@@ -13,6 +13,7 @@ from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.layers import Around, ory_forwarder_for, ory_layers
 from ory_wsgi.logs import configure_logging
 from ory_wsgi.metrics import Metrics
+from ory_wsgi.pipeline.layer import SingleUpstream
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
 from ory_wsgi.startup_check import startup_failure
@@ -83,10 +84,21 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
     ory_url = settings.ory_url
     if ory_url:
         around, routes = ory_layers(settings, public, metrics)
-        app = around(app)
+        app = around(SingleUpstream(app, proxy.upstream))
         ory_forwarder = ory_forwarder_for(settings, public)
-    elif settings.protect or settings.decisions.enabled:
-        what = "[[protect]]" if settings.protect else "[decisions] enabled"
+    elif (
+        settings.protect
+        or settings.decisions.enabled
+        or settings.rule
+        or settings.access_rules.repositories
+    ):
+        what = (
+            "[[protect]]"
+            if settings.protect
+            else "[decisions] enabled"
+            if settings.decisions.enabled
+            else "access rules"
+        )
         raise ConfigError(
             f"{what} needs Ory to check sessions: set [ory] sdk_url or project "
             "(ORY_SDK_URL, ORY_PROJECT)"
@@ -106,7 +118,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         routes[settings.metrics.path] = metrics.endpoint
     app = ProxyNamespace(app, routes)
     if around is not None and settings.decisions.enabled:
-        if not settings.protect:
+        if not (settings.protect or settings.rule or settings.access_rules.repositories):
             log.warning("[decisions] enabled without [[protect]] rules: every decision is 200")
         app = Decisions(app, around, proxy.trusted_proxies)
     if metrics is not None:

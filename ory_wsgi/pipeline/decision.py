@@ -256,6 +256,7 @@ class Pipeline:
         state.subject = session.subject
         state.session = session.ory_session
         state.upstream = prepared.rule.upstream.url
+        state.strip_path = prepared.rule.upstream.strip_path
         return Allow(
             prepared.rule,
             prepared.rule.upstream,

@@ -77,4 +77,5 @@ class RequestState:
     subject: str = ""
     error: str = ""
     upstream: str = ""
+    strip_path: str = ""
     session: dict[str, Any] | None = None
