@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ory_flows import Start
 from pytest_httpserver import HTTPServer
-from servers import Gunicorn, ThreadedServer, free_port
+from servers import Gunicorn, RedisServer, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import make_app
@@ -136,3 +136,11 @@ def ory(ory_server: HTTPServer) -> Iterator[HTTPServer]:
     ory_server.clear()
     yield ory_server
     ory_server.clear()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real, empty redis-server for this test on a free port: `.url`, `.stop()`, `.start()`."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
