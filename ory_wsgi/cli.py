@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("file")
     rotate.set_defaults(handler=cmd_keys_rotate)
 
+    sessions = commands.add_parser("sessions", help="act on the fleet's cached sessions")
+    session_commands = sessions.add_subparsers(
+        dest="sessions_command", metavar="ACTION", required=True
+    )
+    revoke = session_commands.add_parser(
+        "revoke",
+        help="drop a session from every worker's cache (needs backend = redis; "
+        "does not end it in Ory)",
+    )
+    revoke.add_argument("session_id", metavar="ID")
+    _add_config_flag(revoke)
+    revoke.set_defaults(handler=cmd_sessions_revoke)
+
     demo = commands.add_parser(
         "demo", help="the proxy, a sample app and a local Ory stand-in, all on loopback"
     )
@@ -244,6 +257,18 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     rotate_key_set_file(args.file)
     print(f"added a new signing key to {args.file}; the old keys are still published")
+    return 0
+
+
+def cmd_sessions_revoke(args: argparse.Namespace) -> int:
+    from ory_wsgi.fleet.revoke import RevocationFailed, revoke
+
+    try:
+        dropped = revoke(args.session_id, args.config)
+    except RevocationFailed as exc:
+        print(f"ory-wsgi: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked session {args.session_id}: {dropped} shared cache entries dropped")
     return 0
 
 

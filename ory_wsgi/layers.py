@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ory_wsgi.fleet.wiring import attach_fleet, memory_ttl
 from ory_wsgi.keys import KeySet
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
@@ -50,10 +51,11 @@ def ory_layers(
         base_url_rewrite=public + "/.ory",
     )
     cache = (metrics.session_cache if metrics else SessionCache)(
-        settings.session_cache.ttl,
+        memory_ttl(settings),
         settings.session_cache.negative_ttl,
         settings.session_cache.max_entries,
     )
+    fleet = attach_fleet(settings, cache)
     cookie_names = session_cookie_names(
         settings.ory_url, settings.ory.project, settings.ory.session_cookie
     )
@@ -67,9 +69,9 @@ def ory_layers(
             app = PathCheck(app, rules)
         return app
 
-    routes[READY_PATH] = Readiness(keys, client)
+    routes[READY_PATH] = Readiness(keys, client, degraded=fleet.link.degraded if fleet else None)
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
-        client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/"
+        client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/", fleet
     )
     return around, routes
 

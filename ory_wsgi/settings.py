@@ -51,6 +51,8 @@ class OrySettings:
     cookie_domain: str = ""
     timeout: float = field(default=3.0, metadata=DURATION)
     rate_limit_header: str = ""
+    max_calls_per_second: int = 0
+    max_call_wait: float = field(default=0.25, metadata=DURATION)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class SessionCacheSettings:
     ttl: float = field(default=10.0, metadata=DURATION)
     negative_ttl: float = field(default=2.0, metadata=DURATION)
     max_entries: int = 10000
+    backend: str = "memory"
+    redis_url: str = ""
+    redis_timeout: float = field(default=0.25, metadata=DURATION)
+    memory_ttl: float = field(default=1.0, metadata=DURATION)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,9 @@ ORY_ENV = {
 }
 # ORY_WSGI_* names that are not settings (read by the CLI and the bin/ scripts).
 ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG", "ORY_WSGI_VENV"})
-SECRET_KEYS = {("ory", "api_key")}
+SECRET_KEYS = {("ory", "api_key"), ("session_cache", "redis_url")}
+CACHE_BACKENDS = ("memory", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AALS = ("aal1", "aal2", "aal3")
@@ -445,6 +453,31 @@ def _validate(settings: Settings, merged: Layer) -> None:
         raise ConfigError(f"{where('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
     if settings.session_cache.max_entries < 1:
         raise ConfigError(f"{where('session_cache', 'max_entries')}: must be at least 1")
+    _validate_fleet(settings, where)
+
+
+def _validate_fleet(settings: Settings, where: Any) -> None:
+    cache = settings.session_cache
+    if cache.backend not in CACHE_BACKENDS:
+        raise ConfigError(
+            f"{where('session_cache', 'backend')}: must be memory or redis, got {cache.backend!r}"
+        )
+    if cache.redis_url:
+        scheme = urlsplit(cache.redis_url).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"{where('session_cache', 'redis_url')}: expected a redis://, rediss:// or "
+                f"unix:// URL, got scheme {scheme!r}"
+            )
+    elif cache.backend == "redis":
+        raise ConfigError(
+            f"{where('session_cache', 'backend')}: redis needs [session_cache] redis_url "
+            '(e.g. "redis://127.0.0.1:6379/0", or ORY_WSGI_SESSION_CACHE_REDIS_URL)'
+        )
+    if cache.backend == "redis" and not 0 < cache.redis_timeout <= 10:
+        raise ConfigError(
+            f"{where('session_cache', 'redis_timeout')}: must be more than 0 and at most 10s"
+        )
 
 
 def _check_url(value: str, where: str) -> None:
