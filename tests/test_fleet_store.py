@@ -10,19 +10,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from servers import RedisServer
+from werkzeug.test import Client
 
 import ory_wsgi
+from ory_wsgi import cli
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.fleet.session_store import SharedSessionStore
 from ory_wsgi.fleet.wiring import attach_fleet, memory_ttl
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import ANONYMOUS, FAILED, Credentials, Lookup, extract_credentials
 from ory_wsgi.settings import load_settings
+from ory_wsgi.testing import FakeKratos
 
 COOKIE_NAMES = frozenset({"ory_kratos_session"})
 
@@ -327,3 +331,38 @@ def test_the_redis_url_comes_from_the_environment_and_is_masked() -> None:
     from ory_wsgi.settings import describe
 
     assert describe(settings)["session_cache"]["redis_url"] == "********"
+
+
+def test_sessions_revoke_command_exit_codes(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "ory.toml"
+    config.write_text(f'[session_cache]\nbackend = "redis"\nredis_url = "{redis_server.url}"\n')
+    assert cli.main(["sessions", "revoke", "sess-9", "-c", str(config)]) == 0
+    assert "revoked session sess-9" in capsys.readouterr().out
+    redis_server.stop()
+    assert cli.main(["sessions", "revoke", "sess-9", "-c", str(config)]) == 1
+    assert "Redis did not answer" in capsys.readouterr().err
+    config.write_text('[session_cache]\nbackend = "memory"\n')
+    assert cli.main(["sessions", "revoke", "sess-9", "-c", str(config)]) == 2
+    assert 'needs [session_cache] backend = "redis"' in capsys.readouterr().err
+
+
+def test_readiness_says_degraded_only_while_redis_is_out(
+    redis_server: RedisServer, fake_ory: FakeKratos
+) -> None:
+    app = ory_wsgi.make_app(
+        upstream="http://127.0.0.1:9",
+        sdk_url=fake_ory.url,
+        session_cache={"backend": "redis", "redis_url": redis_server.url},
+    )
+    client = Client(app)
+    ready = client.get("/.ory/proxy/health/ready")
+    assert ready.status_code == 200 and ready.json == {"status": "ok"}
+    redis_server.stop()
+    _, token = fake_ory.create_session(fake_ory.add_identity("r@example.com", "pw")["id"])
+    client.get("/x", headers={"X-Session-Token": token})  # a miss meets the dead Redis
+    ready = client.get("/.ory/proxy/health/ready")
+    assert ready.status_code == 200
+    assert ready.json is not None and ready.json["degraded"] is True
+    assert ready.json["reason"].startswith("redis_unavailable: ")
