@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = key_commands.add_parser(
         "rotate", help="add a new signing key first, keep the old ones for verification"
     )
-    rotate.add_argument("file")
+    rotate.add_argument("file", nargs="?", help="the key file (or -c: the key set in Redis)")
+    _add_config_flag(rotate)
     rotate.set_defaults(handler=cmd_keys_rotate)
 
     sessions = commands.add_parser("sessions", help="act on the fleet's cached sessions")
@@ -255,6 +256,16 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from ory_wsgi.keys import rotate_key_set_file
 
+    if not args.file:
+        from ory_wsgi.fleet.revoke import RedisUnreachable, rotate_redis_keys
+
+        try:
+            kid = rotate_redis_keys(args.config)
+        except RedisUnreachable as exc:
+            print(f"ory-wsgi: {exc}", file=sys.stderr)
+            return 1
+        print(f"added signing key {kid} to the key set in Redis; every worker uses it within 3s")
+        return 0
     rotate_key_set_file(args.file)
     print(f"added a new signing key to {args.file}; the old keys are still published")
     return 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ory_wsgi.fleet.wiring import attach_fleet, memory_ttl
-from ory_wsgi.keys import KeySet
+from ory_wsgi.fleet.wiring import attach_fleet, key_set, memory_ttl
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, session_cookie_names
@@ -38,7 +37,7 @@ def ory_layers(
     routes: dict[str, Handler] = {}
     keys = minter = None
     if jwt.enabled:
-        keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
+        keys = key_set(settings)
         minter = TokenMinter(keys, jwt.issuer or public, jwt.audience, jwt.ttl, jwt.claims)
         jwks = JwksEndpoint(keys)
         routes["/.ory/jwks.json"] = jwks

@@ -73,6 +73,7 @@ class JwtSettings:
     issuer: str = ""
     audience: str = ""
     keys_file: str = ""
+    keys_backend: str = "file"
     keep_client_authorization: bool = False
     claims: Mapping[str, str] = field(default_factory=dict)
 
@@ -155,6 +156,7 @@ ORY_ENV = {
 ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG", "ORY_WSGI_VENV"})
 SECRET_KEYS = {("ory", "api_key"), ("session_cache", "redis_url")}
 CACHE_BACKENDS = ("memory", "redis")
+KEYS_BACKENDS = ("file", "redis")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -474,7 +476,17 @@ def _validate_fleet(settings: Settings, where: Any) -> None:
             f"{where('session_cache', 'backend')}: redis needs [session_cache] redis_url "
             '(e.g. "redis://127.0.0.1:6379/0", or ORY_WSGI_SESSION_CACHE_REDIS_URL)'
         )
-    if cache.backend == "redis" and not 0 < cache.redis_timeout <= 10:
+    keys_backend = settings.jwt.keys_backend
+    if keys_backend not in KEYS_BACKENDS:
+        raise ConfigError(
+            f"{where('jwt', 'keys_backend')}: must be file or redis, got {keys_backend!r}"
+        )
+    if keys_backend == "redis" and not cache.redis_url:
+        raise ConfigError(
+            f"{where('jwt', 'keys_backend')}: redis needs [session_cache] redis_url "
+            "(the key set is kept in that Redis)"
+        )
+    if cache.redis_url and not 0 < cache.redis_timeout <= 10:
         raise ConfigError(
             f"{where('session_cache', 'redis_timeout')}: must be more than 0 and at most 10s"
         )

@@ -1,4 +1,5 @@
-"""`ory_wsgi.revoke(session_id)`: drop a session from every cache of the fleet, now.
+"""Fleet commands: `ory_wsgi.revoke(session_id)` drops a session from every cache, now;
+`rotate_redis_keys` rotates the key set kept in Redis (`ory-wsgi keys rotate -c FILE`).
 
     ory_wsgi.revoke("b1f4…", config="ory.toml")     # or: ory-wsgi sessions revoke ID -c ory.toml
 
@@ -22,7 +23,11 @@ from ory_wsgi.settings import load_settings
 MIN_TIMEOUT = 2.0
 
 
-class RevocationFailed(Exception):
+class RedisUnreachable(Exception):
+    """Redis could not be reached: the command did nothing."""
+
+
+class RevocationFailed(RedisUnreachable):
     """Redis could not be reached: the revocation was not published."""
 
 
@@ -54,5 +59,28 @@ def revoke(session_id: str, config: str | os.PathLike[str] | None = None, **over
         return SharedSessionStore(link, ttl=cache.ttl).revoke(session_id)
     except redis.RedisError as exc:
         raise RevocationFailed(f"revoke: Redis did not answer: {exc}") from None
+    finally:
+        link.client.close()
+
+
+def rotate_redis_keys(config: str | os.PathLike[str] | None = None) -> str:
+    """Put a new signing key first in the fleet's key set in Redis; the new kid."""
+    settings = load_settings(config)
+    if settings.jwt.keys_backend != "redis":
+        raise ConfigError(
+            'keys rotate: name the key FILE, or a config with [jwt] keys_backend = "redis"'
+        )
+    require_redis()
+    import redis
+
+    from ory_wsgi.fleet.redis_link import RedisLink
+    from ory_wsgi.fleet.shared_keys import rotate_in_redis
+
+    cache = settings.session_cache
+    link = RedisLink(cache.redis_url, timeout=max(cache.redis_timeout, MIN_TIMEOUT))
+    try:
+        return rotate_in_redis(link)
+    except redis.RedisError as exc:
+        raise RedisUnreachable(f"keys rotate: Redis did not answer: {exc}") from None
     finally:
         link.client.close()

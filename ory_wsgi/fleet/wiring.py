@@ -2,6 +2,8 @@
 
     store = attach_fleet(settings, memory_cache)   # None: nothing shared
 
+    keys = key_set(settings)                        # [jwt] keys_backend: file or Redis
+
 `[session_cache] backend = "redis"`: the memory cache gets the Redis store
 behind it, a revocation listener and, with `[ory] max_calls_per_second`, the
 fleet-wide budget. The memory backend with a budget gets a per-worker one.
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ory_wsgi.fleet import require_redis
 from ory_wsgi.fleet.budget import WhoamiBudget
+from ory_wsgi.keys import KeySet
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import Credentials, Lookup
 from ory_wsgi.settings import Settings
@@ -71,3 +74,16 @@ def attach_fleet(settings: Settings, memory: SessionCache) -> SharedSessionStore
     store.listener = RevocationListener(link, store.channel, memory)
     memory.shared = store
     return store
+
+
+def key_set(settings: Settings) -> KeySet:
+    """The JWT key set: the file (`keys_file`, or generated in `state_dir`), or Redis'."""
+    jwt, state_dir = settings.jwt, settings.proxy.state_dir
+    if jwt.keys_backend != "redis":
+        return KeySet.ensure(jwt.keys_file, state_dir)
+    require_redis()
+    from ory_wsgi.fleet.redis_link import RedisLink
+    from ory_wsgi.fleet.shared_keys import RedisKeySet
+
+    cache = settings.session_cache
+    return RedisKeySet(RedisLink(cache.redis_url, cache.redis_timeout), state_dir, jwt.keys_file)
