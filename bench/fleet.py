@@ -100,6 +100,12 @@ class RedisProcess:
             time.sleep(0.05)
         raise BenchError("redis-server did not start")
 
+    def version(self) -> str:
+        answer = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return "redis-server " + next((word[2:] for word in answer if word.startswith("v=")), "?")
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
@@ -109,7 +115,7 @@ class RedisProcess:
 @dataclass
 class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
-    transport_errors: int = 0
+    transport_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, status: int) -> None:
@@ -167,9 +173,11 @@ def mixed_traffic(
                 connection.request("GET", path, headers={"X-Session-Token": token} if token else {})
                 response = connection.getresponse()
                 response.read()
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
+                # A keep-alive connection the server closed as the request left shows
+                # here too (RemoteDisconnected), as with any HTTP client.
                 with tally.lock:
-                    tally.transport_errors += 1
+                    tally.transport_errors[type(exc).__name__] += 1
                 connection.close()
                 continue
             tally.add(response.status)
@@ -300,7 +308,8 @@ def run(args: argparse.Namespace, out: IO[str]) -> None:
         print_machine(out)
         print(
             f"2 ory_wsgi instances x gunicorn {' '.join(gunicorn_args)} --reuse-port, one "
-            f"redis-server {version_of('redis')} (redis-py), the Kratos stand-in in-process; "
+            f"{redis_server.version()} (redis-py {version_of('redis')}), the Kratos stand-in "
+            "in-process; "
             f"ttl {TTL:g}s, memory_ttl {MEMORY_TTL:g}s; {args.clients} client threads",
             file=out,
             flush=True,
@@ -333,7 +342,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> None:
         print(f"\nphase 1: {seconds:.0f}s of mixed traffic over {args.sessions} sessions", file=out)
         print(
             f"  requests: {requests} ({requests / seconds:.0f}/s), statuses "
-            f"{dict(tally.statuses)}, transport errors {tally.transport_errors}",
+            f"{dict(tally.statuses)}, transport errors {dict(tally.transport_errors)}",
             file=out,
         )
         print(
@@ -423,7 +432,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> None:
         )
         print(
             f"  requests: {sum(tally.statuses.values())}, statuses {dict(tally.statuses)}, "
-            f"5xx {tally.server_errors()}, transport errors {tally.transport_errors}",
+            f"5xx {tally.server_errors()}, transport errors {dict(tally.transport_errors)}",
             file=out,
         )
         print(f"  whoami calls: {kratos.whoami_calls}", file=out)

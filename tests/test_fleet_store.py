@@ -34,7 +34,10 @@ COOKIE_NAMES = frozenset({"ory_kratos_session"})
 class Worker:
     """One worker's session cache, wired to the fleet from settings as make_app does."""
 
+    started: list[Worker] = []
+
     def __init__(self, url: str, **session_cache: Any) -> None:
+        Worker.started.append(self)
         ory = session_cache.pop("ory", {})
         self.settings = load_settings(
             env={},
@@ -88,6 +91,16 @@ def credentials(token: str = "ory_st_secret-token-value") -> Credentials:
     )
     assert found is not None
     return found
+
+
+@pytest.fixture(autouse=True)
+def stop_listeners() -> Iterator[None]:
+    """Each in-process worker's revocation thread ends with its test."""
+    yield
+    for worker in Worker.started:
+        if worker.store.listener is not None:
+            worker.store.listener.stop()
+    Worker.started.clear()
 
 
 @pytest.fixture
@@ -366,3 +379,18 @@ def test_readiness_says_degraded_only_while_redis_is_out(
     assert ready.status_code == 200
     assert ready.json is not None and ready.json["degraded"] is True
     assert ready.json["reason"].startswith("redis_unavailable: ")
+
+
+def test_the_memory_backend_budget_counts_per_worker() -> None:
+    settings = load_settings(
+        env={}, overrides={"ory": {"max_calls_per_second": 2, "max_call_wait": 0}}
+    )
+    memory = SessionCache(memory_ttl(settings), 2.0, 100)
+    assert attach_fleet(settings, memory) is None
+    ory = Ory(session_lookup())
+    time.sleep(1.05 - time.time() % 1)
+    outcomes = [memory.get(credentials(f"ory_st_{n}"), ory.fetch).outcome for n in range(4)]
+    assert outcomes == ["authenticated", "authenticated", "error", "error"]
+    assert ory.calls == 2
+    assert memory.get(credentials("ory_st_0"), ory.fetch).outcome == "authenticated"  # a hit
+    assert ory.calls == 2

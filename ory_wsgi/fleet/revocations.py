@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import threading
-import time
 
 from redis.exceptions import RedisError
 
@@ -37,6 +36,7 @@ class RevocationListener:
         self.channel = channel
         self.memory = memory
         self.subscribed = threading.Event()
+        self._stopped = threading.Event()
         self._pid = 0
         self._lock = threading.Lock()
 
@@ -52,8 +52,12 @@ class RevocationListener:
             thread.start()
             self._pid = os.getpid()
 
+    def stop(self) -> None:
+        """End the thread within a second (tests, embedding apps that shut down)."""
+        self._stopped.set()
+
     def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 self._listen()
             except (RedisError, OSError) as exc:
@@ -62,7 +66,7 @@ class RevocationListener:
             except Exception:  # a bad message must not end revocations for this worker
                 log.exception("revocation listener failed; subscribing again")
                 self.subscribed.clear()
-            time.sleep(RECONNECT_PAUSE)
+            self._stopped.wait(RECONNECT_PAUSE)
 
     def _listen(self) -> None:
         pubsub = self.link.client.pubsub()  # type: ignore[no-untyped-call]
@@ -74,8 +78,8 @@ class RevocationListener:
             self.memory.clear()
             self.subscribed.set()
             self.link.succeeded()
-            while True:
-                message = pubsub.get_message(timeout=5.0)
+            while not self._stopped.is_set():
+                message = pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
                     self._drop(message["data"])
         finally:

@@ -180,8 +180,10 @@ class SharedSessionStore:
         self, digest: str, lock_key: str, holder: bytes | None, deadline: float
     ) -> Lookup | None:
         """Poll for the lock holder's answer; None when its lock went without one."""
+        if holder is None:
+            return None  # released between our SET NX and GET: try to take it
         value_key = self._value_prefix + digest
-        done_key = self.link.key("done", holder.decode()) if holder else value_key
+        done_key = self.link.key("done", holder.decode())
         pause = _FIRST_POLL
         while time.monotonic() < deadline:
             time.sleep(pause)
