@@ -147,7 +147,12 @@ class SharedSessionStore:
         return len(dropped) + len(extra)
 
     def revoke_digest(self, digest: bytes) -> None:
-        """Revoke the session cached under these credentials (logout); never raises."""
+        """Revoke the session cached under these credentials (logout); never raises.
+
+        While Redis is out there is nobody to tell: the logout does not wait for it.
+        """
+        if not self.link.usable():
+            return
         hexdigest = digest.hex()
         try:
             raw = self.client.get(self._value_prefix + hexdigest)
@@ -157,6 +162,8 @@ class SharedSessionStore:
             self.revoke(session_id if isinstance(session_id, str) else "", (hexdigest,))
         except RedisError as exc:
             self.link.failed(exc)
+        else:
+            self.link.succeeded()
 
     def _single_flight(self, digest: str, fetch: Callable[[], Lookup]) -> Lookup:
         lock_key = self.link.key("lock", digest)
