@@ -157,7 +157,7 @@ ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG", "ORY_WSGI_VENV"})
 SECRET_KEYS = {("ory", "api_key"), ("session_cache", "redis_url")}
 CACHE_BACKENDS = ("memory", "redis")
 KEYS_BACKENDS = ("file", "redis")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AALS = ("aal1", "aal2", "aal3")
@@ -468,8 +468,8 @@ def _validate_fleet(settings: Settings, where: Any) -> None:
         scheme = urlsplit(cache.redis_url).scheme
         if scheme not in REDIS_SCHEMES:
             raise ConfigError(
-                f"{where('session_cache', 'redis_url')}: expected a redis://, rediss:// or "
-                f"unix:// URL, got scheme {scheme!r}"
+                f"{where('session_cache', 'redis_url')}: expected a redis://, rediss://, "
+                f"unix:// or redis+sentinel:// URL, got scheme {scheme!r}"
             )
     elif cache.backend == "redis":
         raise ConfigError(

@@ -7,6 +7,7 @@ runs under gunicorn are in test_fleet_proxy.py.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from servers import RedisServer
+from servers import RedisServer, free_port, wait_for_port
 from werkzeug.test import Client
 
 import ory_wsgi
@@ -37,7 +38,6 @@ class Worker:
     started: list[Worker] = []
 
     def __init__(self, url: str, **session_cache: Any) -> None:
-        Worker.started.append(self)
         ory = session_cache.pop("ory", {})
         self.settings = load_settings(
             env={},
@@ -51,6 +51,7 @@ class Worker:
         store = attach_fleet(self.settings, self.memory)
         assert store is not None
         self.store: SharedSessionStore = store
+        Worker.started.append(self)
 
     def get(self, credentials: Credentials, fetch: Callable[[], Lookup]) -> Lookup:
         return self.memory.get(credentials, fetch)
@@ -394,3 +395,41 @@ def test_the_memory_backend_budget_counts_per_worker() -> None:
     assert ory.calls == 2
     assert memory.get(credentials("ory_st_0"), ory.fetch).outcome == "authenticated"  # a hit
     assert ory.calls == 2
+
+
+def test_a_sentinel_url_reaches_the_master_the_sentinels_name(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor fleet 127.0.0.1 {redis_server.port} 1\n"
+    )
+    sentinel = subprocess.Popen(
+        ["redis-server", str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process=sentinel)
+        ory = Ory(session_lookup())
+        through_sentinel = Worker(f"redis+sentinel://127.0.0.1:{port},127.0.0.1:1/fleet/0")
+        assert through_sentinel.get(credentials(), ory.fetch).authenticated
+        assert Worker(redis_server.url).get(credentials(), ory.fetch).authenticated
+        assert ory.calls == 1
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "service name"),
+        ("redis+sentinel://127.0.0.1:26379/fleet/zero", "service name"),
+    ],
+)
+def test_a_bad_sentinel_url_is_a_config_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Worker(url)

@@ -20,10 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from ory_wsgi.errors import ConfigError
 
 log = logging.getLogger("ory_wsgi.fleet")
 
@@ -31,6 +35,53 @@ RETRY_INTERVAL = 5.0
 LOG_INTERVAL = 60.0
 KEY_PREFIX = "ory_wsgi:v1:"
 """Every key and channel in Redis starts with this; the version changes with the value format."""
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+def redis_client(url: str, timeout: float) -> redis.Redis:
+    """A client for `url`: `redis://`, `rediss://`, `unix://` (redis-py's `from_url`), or
+    `redis+sentinel://[:password@]host[:port][,host[:port]...]/service[/db]`, which asks the
+    Sentinels for the service's current master (and again after a failover)."""
+    # No retries: redis-py's default retries would multiply the time a
+    # request can spend on a dead Redis.
+    options = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return redis.Redis.from_url(url, **options)
+    service, db, password, nodes = parse_sentinel_url(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        nodes,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        **options,
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service, db=db, password=password
+    )
+    return client
+
+
+def parse_sentinel_url(url: str) -> tuple[str, int, str | None, list[tuple[str, int]]]:
+    """(service, db, password, [(host, port)]) of a `redis+sentinel://` URL; ValueError if bad."""
+    parts = urlsplit(url)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    password = unquote(credentials.partition(":")[2]) or None
+    nodes = []
+    for node in hosts.split(","):
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():  # no port, or an IPv6 address without one
+            host, port = node, str(SENTINEL_PORT)
+        if not host:
+            raise ValueError("no sentinel host")
+        nodes.append((host.strip("[]"), int(port)))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError("expected /<service name>[/<db>] after the sentinels")
+    return path[0], int(path[1]) if len(path) == 2 else 0, password, nodes
 
 
 class RedisLink:
@@ -42,15 +93,10 @@ class RedisLink:
         self.url = url
         self.timeout = timeout
         self.retry_interval = retry_interval
-        # No retries: redis-py's default retries would multiply the time a
-        # request can spend on a dead Redis.
-        self.client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        try:
+            self.client = redis_client(url, timeout)
+        except ValueError as exc:
+            raise ConfigError(f"[session_cache] redis_url: {exc}") from None
         self._down_since = 0.0
         self._retry_at = 0.0
         self._reason = ""
