@@ -19,6 +19,7 @@ import pytest
 import requests
 from servers import ROOT, Gunicorn, RedisServer, ThreadedServer, free_port, log_records
 
+import ory_wsgi
 from ory_wsgi.testing import FakeKratos
 
 Fleet = Callable[..., list[Gunicorn]]
@@ -32,12 +33,15 @@ def fleet(
     fake_ory: FakeKratos,
     redis_server: RedisServer,
 ) -> Fleet:
-    """start(extra_toml="", ory_toml="", proxies=2) -> proxies of 2 workers each on `redis_server`.
+    """start(extra_toml="", ory_toml="", proxies=2, gunicorn_args=()) -> proxies of 2 workers
+    each on `redis_server`.
 
     `ory_toml` goes into the `[ory]` section, `extra_toml` after the last one.
     """
 
-    def start(extra: str = "", ory: str = "", proxies: int = 2) -> list[Gunicorn]:
+    def start(
+        extra: str = "", ory: str = "", proxies: int = 2, gunicorn_args: tuple[str, ...] = ()
+    ) -> list[Gunicorn]:
         started = []
         for _ in range(proxies):
             port = free_port()
@@ -48,7 +52,7 @@ def fleet(
                 'ttl = "30s"\nmemory_ttl = "30s"\n'
                 f"{extra}"
             )
-            started.append(start_proxy(config, workers=2, threads=8, port=port))
+            started.append(start_proxy(config, *gunicorn_args, workers=2, threads=8, port=port))
         return started
 
     return start
@@ -104,6 +108,25 @@ def test_logout_through_one_proxy_ends_the_session_on_every_worker_of_both(
         list(pool.map(replay, urls))
     assert len(sent) == 24 and not any(jwt for _, jwt in sent)
     assert min(at for at, _ in sent) < 0.1, sorted(at for at, _ in sent)
+
+
+def test_revocation_reaches_workers_forked_from_a_preloaded_app(
+    fleet: Fleet, fake_ory: FakeKratos, redis_server: RedisServer
+) -> None:
+    # --preload builds the app (and its Redis client) in the master, then forks:
+    # each worker must start its own subscriber and its own connections.
+    proxies = fleet(gunicorn_args=("--preload",))
+    session_id, cookies = new_session(fake_ory, "fork")
+    assert all(on_every_worker(proxies, "/x", cookies))
+    assert fake_ory.whoami_calls == 1
+    fake_ory.revoke_session(session_id)
+    assert (
+        ory_wsgi.revoke(
+            session_id, session_cache={"backend": "redis", "redis_url": redis_server.url}
+        )
+        >= 1
+    )
+    assert not any(on_every_worker(proxies, "/x", cookies))
 
 
 def test_sessions_revoke_command_drops_a_session_everywhere(
