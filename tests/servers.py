@@ -100,7 +100,8 @@ class RedisServer:
     """A real redis-server on a free loopback port with its own directory, no persistence.
 
     `stop()` and `start()` again keep the port, so clients configured with
-    `url` reconnect to the restarted server (fault tests).
+    `url` reconnect to the restarted server; `pause()` and `resume()` make it
+    hang instead (fault tests).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -137,6 +138,15 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
 
 class ThreadedServer:

@@ -291,6 +291,29 @@ def test_redis_down_falls_back_to_ory_within_redis_timeout_then_recovers(
     assert ory.calls == calls + 1
 
 
+def test_a_hanging_redis_holds_a_request_no_longer_than_redis_timeout(
+    redis_server: RedisServer,
+) -> None:
+    worker = Worker(redis_server.url, redis_timeout="200ms")
+    ory = Ory(session_lookup())
+    assert worker.get(credentials("ory_st_warm"), ory.fetch).authenticated
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        assert worker.get(credentials("ory_st_new"), ory.fetch).authenticated
+        assert time.monotonic() - started < 0.2 + 0.25
+        assert worker.store.link.degraded().startswith("redis_unavailable: TimeoutError")
+        started = time.monotonic()
+        assert worker.get(credentials("ory_st_other"), ory.fetch).authenticated
+        assert time.monotonic() - started < 0.15
+    finally:
+        redis_server.resume()
+    deadline = time.monotonic() + 15
+    while worker.store.link.degraded() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert worker.store.link.degraded() == ""
+
+
 def test_the_whoami_budget_is_shared_by_all_workers(redis_server: RedisServer) -> None:
     budget = {"max_calls_per_second": 3, "max_call_wait": 0}
     workers = [Worker(redis_server.url, ory=dict(budget)) for _ in range(4)]
