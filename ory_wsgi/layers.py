@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ory_wsgi.fleet.wiring import attach_fleet, key_set, memory_ttl
+from ory_wsgi.fleet.wiring import attach_fleet, key_set, memory_ttl, redis_health
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, session_cookie_names
@@ -68,7 +68,7 @@ def ory_layers(
             app = PathCheck(app, rules)
         return app
 
-    routes[READY_PATH] = Readiness(keys, client, degraded=fleet.link.degraded if fleet else None)
+    routes[READY_PATH] = Readiness(keys, client, degraded=redis_health(fleet, keys))
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
         client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/", fleet
     )

@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 from servers import Gunicorn, RedisServer, ThreadedServer, free_port
+from werkzeug.test import Client
 
 from ory_wsgi import cli, make_app
 from ory_wsgi.errors import ConfigError
@@ -153,3 +154,18 @@ def _overrides(text: str, tmp_path: Path) -> dict[str, object]:
     path = tmp_path / "start.toml"
     path.write_text(text)
     return {"config": path}
+
+
+def test_keys_in_redis_keep_signing_while_redis_is_out_and_readiness_says_so(
+    redis_server: RedisServer, fake_ory: FakeKratos, tmp_path: Path
+) -> None:
+    text = config_text("http://127.0.0.1:9", fake_ory.url, redis_server.url, tmp_path / "s")
+    client = Client(make_app(**_overrides(text, tmp_path)))
+    jwks = client.get("/.ory/jwks.json").data
+    assert client.get("/.ory/proxy/health/ready").json == {"status": "ok"}
+    redis_server.stop()
+    time.sleep(3.2)  # the key set is read again every 3 s
+    assert client.get("/.ory/jwks.json").data == jwks
+    ready = client.get("/.ory/proxy/health/ready")
+    assert ready.status_code == 200 and ready.json is not None
+    assert ready.json["degraded"] is True and ready.json["reason"].startswith("redis_unavailable")

@@ -87,3 +87,16 @@ def key_set(settings: Settings) -> KeySet:
 
     cache = settings.session_cache
     return RedisKeySet(RedisLink(cache.redis_url, cache.redis_timeout), state_dir, jwt.keys_file)
+
+
+def redis_health(store: SharedSessionStore | None, keys: KeySet | None) -> Callable[[], str] | None:
+    """For readiness: why a Redis this worker uses is out ("" when none is), or None."""
+    from_keys = getattr(keys, "link", None)  # a RedisKeySet's
+    links = [link for link in (store.link if store else None, from_keys) if link is not None]
+    if not links:
+        return None
+
+    def degraded() -> str:
+        return next((why for why in (link.degraded() for link in links) if why), "")
+
+    return degraded
