@@ -8,6 +8,7 @@ runs under gunicorn are in test_fleet_proxy.py.
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -456,3 +457,26 @@ def test_a_sentinel_url_reaches_the_master_the_sentinels_name(
 def test_a_bad_sentinel_url_is_a_config_error(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Worker(url)
+
+
+def test_without_redis_py_the_redis_backend_is_a_one_line_config_error() -> None:
+    # A fresh interpreter in which `import redis` fails, as when the extra is not installed.
+    script = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import ory_wsgi\n"
+        "try:\n"
+        "    ory_wsgi.make_app(upstream='http://127.0.0.1:9', sdk_url='http://127.0.0.1:8',\n"
+        "        session_cache={'backend': 'redis', 'redis_url': 'redis://127.0.0.1:1/0'})\n"
+        "except ory_wsgi.ConfigError as exc:\n"
+        "    print(exc)\n"
+        "ory_wsgi.make_app(upstream='http://127.0.0.1:9', sdk_url='http://127.0.0.1:8')\n"
+        "print('memory backend ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "[session_cache] backend = \"redis\" needs redis-py: pip install 'ory_wsgi[redis]'",
+        "memory backend ok",
+    ]
