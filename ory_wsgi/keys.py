@@ -160,18 +160,28 @@ def generate_key_set_file(path: str) -> str:
 
 def rotate_key_set_file(path: str) -> str:
     """Put a new signing key first in the JWK set at `path`, keep the others; returns its kid."""
-    if _read_bytes(path).lstrip().startswith(b"-----"):
-        raise ConfigError(f"{path}: is a PEM key; rotation needs a JWK set file (keys generate)")
-    keys = _read_material(path).keys
-    key = _generate_key()
-    document = _serialise_private([key, *keys])
+    document, kid = rotated_key_set(path, _read_bytes(path))
     directory = os.path.dirname(os.path.abspath(path))
     try:
         temporary = _write_temporary(directory, document)
         os.replace(temporary, path)
     except OSError as error:
         raise ConfigError(f"{path}: cannot write key file: {_one_line(error)}") from None
-    return str(key.kid)
+    return kid
+
+
+def new_key_set() -> bytes:
+    """A new private JWK set document with one key (for a store other than a file)."""
+    return _serialise_private([_generate_key()])
+
+
+def rotated_key_set(source: str, document: bytes) -> tuple[bytes, str]:
+    """`document` with a new signing key first and the old keys kept; and the new kid."""
+    if document.lstrip().startswith(b"-----"):
+        raise ConfigError(f"{source}: is a PEM key; rotation needs a JWK set (keys generate)")
+    keys = key_material(source, document).keys
+    key = _generate_key()
+    return _serialise_private([key, *keys]), str(key.kid)
 
 
 def _generate_key() -> ECKey:
@@ -194,7 +204,13 @@ def _serialise_public(keys: tuple[ECKey, ...]) -> bytes:
 
 
 def _read_material(path: str) -> KeyMaterial:
-    keys = _parse_keys(path, _read_bytes(path))
+    return key_material(path, _read_bytes(path))
+
+
+def key_material(source: str, document: bytes) -> KeyMaterial:
+    """Parse a key set document read from `source` (a file, Redis); `ConfigError` if unusable."""
+    path = source
+    keys = _parse_keys(path, document)
     kids = [key.kid for key in keys]
     duplicates = sorted({str(kid) for kid in kids if kids.count(kid) > 1})
     if duplicates:

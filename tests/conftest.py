@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ory_flows import Start
 from pytest_httpserver import HTTPServer
-from servers import Gunicorn, Script, ScriptedUpstream, ThreadedServer, free_port
+from servers import Gunicorn, RedisServer, Script, ScriptedUpstream, ThreadedServer, free_port
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import make_app
@@ -151,3 +151,11 @@ def scripted() -> Iterator[Callable[..., ScriptedUpstream]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real, empty redis-server for this test on a free port: `.url`, `.stop()`, `.start()`."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
