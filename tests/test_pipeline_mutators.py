@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import tomllib
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +353,37 @@ def test_cookie_sets_rule_cookies_and_keeps_the_clients_others(services: Service
     assert session.header["Cookie"] == (
         f"user={session.subject}; plan=gold; theme=dark; ory_session_x=abc"
     )
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        "user=forged",
+        " user = forged ",
+        "user",
+        "x=1, user=forged",
+        "user=forged; user=again",
+        "theme=dark;user=forged",
+    ],
+)
+def test_cookie_a_client_cannot_send_a_rule_cookie(services: Services, client: str) -> None:
+    headers = Headers([("Cookie", client)])
+    session = mutate(
+        services, "cookie", {"cookies": {"user": "real"}}, anonymous_session(), headers=headers
+    )
+    assert "forged" not in session.header["Cookie"] and "again" not in session.header["Cookie"]
+    assert session.header["Cookie"].startswith("user=real")
+    assert SimpleCookie(session.header["Cookie"])["user"].value == "real"
+    assert parse_cookie(session.header["Cookie"]).getlist("user") == ["real"]
+
+
+def test_forget_drops_every_token_of_a_session(services: Services) -> None:
+    handler = MUTATORS["id_token"](services)
+    prepared = handler.prepare({}, WHERE)
+    handler.mutate(facts(), kratos_session(), prepared)
+    assert prepared.minter.cached_tokens == 1
+    prepared.minter.forget(make_session()["id"])
+    assert prepared.minter.cached_tokens == 0
 
 
 def test_cookie_without_client_cookies(services: Services) -> None:
