@@ -53,8 +53,16 @@ KEYS = ("issuer_url", "ttl", "audience", "claims", "only_with_session", "jwks_ur
 OURS = frozenset({"iss", "sub", "iat", "nbf", "exp", "jti"})
 MAX_TTL = 366 * 24 * 3600.0
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-_GO_UNITS["h"] = 3600.0
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _GO_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_DURATION_RE = re.compile(rf"(?:{_GO_PART_RE.pattern})+")
 
