@@ -24,6 +24,7 @@ from ory_wsgi.paths import normalise_path
 from ory_wsgi.pipeline.error_handlers import ERROR_HANDLERS
 from ory_wsgi.pipeline.errors import DecisionError
 from ory_wsgi.pipeline.mutators import MUTATORS
+from ory_wsgi.pipeline.mutators.id_token import MAX_MINTERS
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.rules.loader import build_rule_set, decode_document, parse_document
@@ -221,6 +222,19 @@ def test_id_token_one_minter_per_distinct_config(services: Services) -> None:
     c = handler.prepare({"ttl": "6m", "claims": "{}"}, WHERE)
     assert a.minter is b.minter
     assert c.minter is not a.minter
+
+
+def test_id_token_minters_do_not_pile_up_over_reloads(services: Services) -> None:
+    handler = MUTATORS["id_token"](services)
+    first = handler.prepare({"ttl": 2}, WHERE)
+    for ttl in range(3, MAX_MINTERS + 10):
+        handler.prepare({"ttl": ttl}, WHERE)
+    again = handler.prepare({"ttl": 2}, WHERE)
+    assert again.minter is not first.minter
+    assert len(handler._minters) == MAX_MINTERS
+    session = kratos_session()
+    handler.mutate(facts(), session, first)  # a rule prepared earlier keeps working
+    assert session.header["Authorization"].startswith("Bearer ")
 
 
 def test_id_token_jwks_url_is_ignored_with_one_warning(
