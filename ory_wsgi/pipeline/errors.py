@@ -12,8 +12,9 @@ logs (`ory.error`) and the decisions endpoint's `X-Ory-Error` use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
+from typing import Any
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
@@ -35,7 +36,9 @@ class DecisionError(Exception):
 
     `body` (bytes), when set, is sent as it is with `content_type` (Kratos' own
     401 body, a 303 with no body); otherwise the envelope is built from `message`.
-    `kind` is the `when.error` name (by status unless given).
+    `kind` is the `when.error` name (by status unless given). `reason` and
+    `details` say more than the message; only the `json` error handler's
+    `verbose` mode shows them to the client.
     """
 
     def __init__(
@@ -49,6 +52,8 @@ class DecisionError(Exception):
         content_type: str = "application/json",
         kind: str = "",
         force_json: bool = False,
+        reason: str = "",
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{error_id}: {message}")
         self.status = status
@@ -59,6 +64,8 @@ class DecisionError(Exception):
         self.content_type = content_type
         self.kind = kind or KINDS.get(status, error_id)
         self.force_json = force_json
+        self.reason = reason
+        self.details = dict(details) if details else {}
 
     def header(self, name: str) -> str:
         lowered = name.lower()
