@@ -39,6 +39,14 @@ def wait_for_port(
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_for_log(server: Gunicorn, text: str, timeout: float = 5.0) -> str:
+    """`server`'s log once `text` is in it, or after `timeout` (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.log()
+
+
 class Gunicorn:
     """A gunicorn process serving `app_spec`; its stderr is kept for assertions."""
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from servers import Gunicorn, ThreadedServer, free_port, log_records
+from servers import Gunicorn, ThreadedServer, free_port, log_records, wait_for_log
 from werkzeug.test import Client
 
 from ory_wsgi.wrappers.access_log import AccessLog
@@ -328,10 +328,7 @@ def test_control_characters_in_the_path_are_escaped_in_the_text_log(
     path, escaped = FORGING_PATHS[case]
     request_id = new_id()
     requests.get(text_proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
-    deadline = time.monotonic() + 8
-    while request_id not in text_proxy.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = text_proxy.log()
+    log = wait_for_log(text_proxy, request_id, timeout=8)
     lines = [line for line in log.splitlines() if request_id in line]
     assert len(lines) == 1, log
     assert escaped in lines[0]
