@@ -184,6 +184,16 @@ def gunicorn(app_spec: str, *args: str, **kwargs: Any) -> Iterator[Gunicorn]:
         server.stop()
 
 
+def proxy_gunicorn(
+    directory: Path, config: str, *args: str, name: str = "ory.toml", **kwargs: Any
+) -> Gunicorn:
+    """The proxy under gunicorn: `config` (TOML text) in `directory`/`name`, run from there."""
+    path = directory / name
+    path.write_text(config)
+    kwargs.setdefault("cwd", directory)
+    return Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
