@@ -50,9 +50,9 @@ from run import (
     PythonLoad,
     Server,
     Target,
-    exit_on_signals,
     find_load_tool,
     free_port,
+    guarded_main,
     print_machine,
     split_url,
     version_of,
@@ -455,16 +455,7 @@ def run(args: argparse.Namespace, out: IO[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with exit_on_signals():
-            run(args, sys.stdout)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped", file=sys.stderr)
-        return 130
-    return 0
+    return guarded_main(lambda: run(args, sys.stdout))
 
 
 if __name__ == "__main__":

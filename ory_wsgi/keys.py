@@ -60,6 +60,8 @@ class KeyMaterial:
 class KeySet:
     """The EC P-256 keys of this proxy, read from one file and re-read when it changes."""
 
+    _reloaded_message = "key file reloaded"
+
     def __init__(self, path: str, check_interval: float = CHECK_INTERVAL) -> None:
         self.path = path
         self.check_interval = check_interval
@@ -123,22 +125,33 @@ class KeySet:
             return False
         try:
             self._next_check = time.monotonic() + self.check_interval
-            try:
-                signature = _file_signature(self.path)
-                if signature == self._signature:
-                    return False
-                material = _read_material(self.path)
-            except ConfigError as error:
-                log.warning("key file not reloaded, keeping the current keys: %s", error)
+            material = self._read_if_changed()
+            if material is None:
                 return False
-            self._signature = signature
             changed = material != self.material
             self.material = material
             if changed:
-                log.info("key file reloaded", extra={"fields": {"kid": material.kid}})
+                log.info(self._reloaded_message, extra={"fields": {"kid": material.kid}})
             return changed
         finally:
             self._reload_lock.release()
+
+    def _read_if_changed(self) -> KeyMaterial | None:
+        """The keys when the file changed since the last read; None if unchanged or unusable.
+
+        The source-specific half of `reload_if_changed` (`RedisKeySet` reads Redis instead);
+        called under the reload lock, at most every `check_interval`.
+        """
+        try:
+            signature = _file_signature(self.path)
+            if signature == self._signature:
+                return None
+            material = _read_material(self.path)
+        except ConfigError as error:
+            log.warning("key file not reloaded, keeping the current keys: %s", error)
+            return None
+        self._signature = signature
+        return material
 
 
 def generate_key_set_file(path: str) -> str:

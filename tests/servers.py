@@ -39,6 +39,14 @@ def wait_for_port(
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_for_log(server: Gunicorn, text: str, timeout: float = 5.0) -> str:
+    """`server`'s log once `text` is in it, or after `timeout` (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.log()
+
+
 class Gunicorn:
     """A gunicorn process serving `app_spec`; its stderr is kept for assertions."""
 
@@ -174,6 +182,16 @@ def gunicorn(app_spec: str, *args: str, **kwargs: Any) -> Iterator[Gunicorn]:
         yield server
     finally:
         server.stop()
+
+
+def proxy_gunicorn(
+    directory: Path, config: str, *args: str, name: str = "ory.toml", **kwargs: Any
+) -> Gunicorn:
+    """The proxy under gunicorn: `config` (TOML text) in `directory`/`name`, run from there."""
+    path = directory / name
+    path.write_text(config)
+    kwargs.setdefault("cwd", directory)
+    return Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -23,7 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from ory_flows import PASSWORD
 from recording import RecordingUpstream, Seen
-from servers import Gunicorn, ThreadedServer
+from servers import Gunicorn, ThreadedServer, proxy_gunicorn
 
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
@@ -59,13 +59,12 @@ def proxy(
     upstream: ThreadedServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gunicorn]:
-    directory = tmp_path_factory.mktemp("security")
-    config = directory / "ory.toml"
-    config.write_text(
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("security"),
         f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
-        f'[ory]\nsdk_url = "{fake_ory_server.url}"\n{RULES}'
+        f'[ory]\nsdk_url = "{fake_ory_server.url}"\n{RULES}',
+        threads=8,
     )
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
     yield server
     server.stop()
 
@@ -487,13 +486,12 @@ def recorded_ory(ory_recorder: RecordingUpstream) -> Iterator[ThreadedServer]:
 def ory_path_proxy(
     recorded_ory: ThreadedServer, upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
-    directory = tmp_path_factory.mktemp("ory-path")
-    config = directory / "ory.toml"
-    config.write_text(
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("ory-path"),
         f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
-        f'[ory]\nsdk_url = "{recorded_ory.url}/kratos"\napi_key = "secret-key"\n{RULES}'
+        f'[ory]\nsdk_url = "{recorded_ory.url}/kratos"\napi_key = "secret-key"\n{RULES}',
+        threads=8,
     )
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
     yield server
     server.stop()
 

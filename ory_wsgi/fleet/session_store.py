@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from ory_wsgi.fleet.budget import WhoamiBudget
 from ory_wsgi.fleet.redis_link import RedisLink
+from ory_wsgi.ory.cache import cache_lifetime
 from ory_wsgi.ory.client import Credentials, Lookup, Outcome
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ class SharedSessionStore:
         return fetch() if self.budget is None else self.budget.call(fetch)
 
     def _store(self, digest: str, lookup: Lookup, token: str | None) -> None:
-        lifetime = self._lifetime(lookup)
+        lifetime = cache_lifetime(lookup, self.ttl, self.negative_ttl)
         payload = encode(lookup)
         if lifetime <= 0:
             if token is not None:
@@ -259,16 +260,6 @@ class SharedSessionStore:
             self._unlock(keys=[lock_key], args=[token])
         except RedisError as exc:
             self.link.failed(exc)
-
-    def _lifetime(self, lookup: Lookup) -> float:
-        if lookup.outcome == "authenticated":
-            lifetime = self.ttl
-            if lookup.expires_at is not None:
-                lifetime = min(lifetime, lookup.expires_at - time.time())
-            return lifetime
-        if lookup.outcome == "anonymous":
-            return self.negative_ttl
-        return 0.0
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(Lookup))

@@ -30,6 +30,7 @@ from ory_wsgi.fleet.redis_link import RedisLink
 from ory_wsgi.keys import (
     CHECK_INTERVAL,
     DEFAULT_FILE_NAME,
+    KeyMaterial,
     KeySet,
     key_material,
     new_key_set,
@@ -43,6 +44,8 @@ COPY_FILE_NAME = "jwks-redis.json"
 
 class RedisKeySet(KeySet):
     """A `KeySet` whose document is read from Redis instead of a file."""
+
+    _reloaded_message = "key set reloaded from Redis"
 
     def __init__(
         self,
@@ -64,38 +67,27 @@ class RedisKeySet(KeySet):
         self._keep_copy(document)
         self._next_check = time.monotonic() + check_interval
 
-    def reload_if_changed(self) -> bool:
-        """Read the set from Redis at most every `check_interval`; True when it changed."""
-        if time.monotonic() < self._next_check:
-            return False
-        if not self._reload_lock.acquire(blocking=False):
-            return False
+    def _read_if_changed(self) -> KeyMaterial | None:
+        """The key set in Redis when it changed since the last read (`KeySet.reload_if_changed`
+        throttles and locks); None if unchanged, unusable or Redis is out."""
+        if not self.link.usable():
+            return None
         try:
-            self._next_check = time.monotonic() + self.check_interval
-            if not self.link.usable():
-                return False
-            try:
-                document = self.link.client.get(self.redis_key)
-            except redis.RedisError as exc:
-                self.link.failed(exc)
-                return False
-            self.link.succeeded()
-            if not isinstance(document, bytes) or document == self._document:
-                return False
-            try:
-                material = key_material(self.path, document)
-            except ConfigError as error:
-                log.warning("key set in Redis not loaded, keeping the current keys: %s", error)
-                return False
-            self._document = document
-            changed = material != self.material
-            self.material = material
-            self._keep_copy(document)
-            if changed:
-                log.info("key set reloaded from Redis", extra={"fields": {"kid": material.kid}})
-            return changed
-        finally:
-            self._reload_lock.release()
+            document = self.link.client.get(self.redis_key)
+        except redis.RedisError as exc:
+            self.link.failed(exc)
+            return None
+        self.link.succeeded()
+        if not isinstance(document, bytes) or document == self._document:
+            return None
+        try:
+            material = key_material(self.path, document)
+        except ConfigError as error:
+            log.warning("key set in Redis not loaded, keeping the current keys: %s", error)
+            return None
+        self._document = document
+        self._keep_copy(document)
+        return material
 
     def _first_document(self, seed_file: str) -> bytes:
         client = self.link.client

@@ -19,6 +19,22 @@ from typing import Protocol
 from ory_wsgi.ory.client import Credentials, Lookup
 
 
+def cache_lifetime(lookup: Lookup, ttl: float, negative_ttl: float) -> float:
+    """Seconds `lookup` may be cached: `ttl` but never past the session's expiry,
+    `negative_ttl` for a 401, 0 for anything else (errors, 429, aal2 are not cached).
+
+    Shared by this cache and the fleet's Redis store so both tiers agree.
+    """
+    if lookup.outcome == "authenticated":
+        lifetime = ttl
+        if lookup.expires_at is not None:
+            lifetime = min(lifetime, lookup.expires_at - time.time())
+        return lifetime
+    if lookup.outcome == "anonymous":
+        return negative_ttl
+    return 0.0
+
+
 class _Flight:
     """One whoami call in progress, that later callers of the same key wait for."""
 
@@ -91,7 +107,7 @@ class SessionCache:
             flight.done.set()
             raise
         flight.lookup = lookup
-        lifetime = self._lifetime(lookup)
+        lifetime = cache_lifetime(lookup, self.ttl, self.negative_ttl)
         with self._lock:
             del self._flights[key]
             if lifetime > 0 and not flight.dropped:
@@ -120,13 +136,3 @@ class SessionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def _lifetime(self, lookup: Lookup) -> float:
-        if lookup.outcome == "authenticated":
-            lifetime = self.ttl
-            if lookup.expires_at is not None:
-                lifetime = min(lifetime, lookup.expires_at - time.time())
-            return lifetime
-        if lookup.outcome == "anonymous":
-            return self.negative_ttl
-        return 0.0
