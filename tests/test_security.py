@@ -538,3 +538,30 @@ def test_ory_bound_path_on_the_public_api_is_forwarded_under_the_ory_path(
     status, _, _ = send_raw(ory_path_proxy, target, headers=JSON)
     assert status == 200
     assert [request.raw_uri for request in ory_recorder.since(count)] == [expected]
+
+
+def test_ory_bound_request_carries_the_proxy_rewrite_headers_not_the_clients(
+    ory_path_proxy: Gunicorn, ory_recorder: RecordingUpstream
+) -> None:
+    count = len(ory_recorder.seen)
+    forged = {
+        "Ory-Base-URL-Rewrite": "https://evil.example",
+        "Ory-Base-URL-Rewrite-Token": "forged",
+        "Ory-No-Custom-Domain-Redirect": "false",
+    }
+    status, _, _ = send_raw(ory_path_proxy, "/.ory/sessions/whoami", headers={**JSON, **forged})
+    assert status == 200
+    [request] = ory_recorder.since(count)
+    sent = {
+        key: request.headers.get(key)
+        for key in (
+            "HTTP_ORY_BASE_URL_REWRITE",
+            "HTTP_ORY_BASE_URL_REWRITE_TOKEN",
+            "HTTP_ORY_NO_CUSTOM_DOMAIN_REDIRECT",
+        )
+    }
+    assert sent == {
+        "HTTP_ORY_BASE_URL_REWRITE": PUBLIC.rstrip("/") + "/.ory",
+        "HTTP_ORY_BASE_URL_REWRITE_TOKEN": "secret-key",
+        "HTTP_ORY_NO_CUSTOM_DOMAIN_REDIRECT": "true",
+    }
