@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -691,6 +691,24 @@ def exit_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def guarded_main(body: Callable[[], object], what: str = "benchmark") -> int:
+    """Run `body` as a bench script's main: servers stopped on SIGTERM, SIGHUP and Ctrl-C,
+    a `BenchError` one line on stderr; returns the exit status (0, 1, or 130 when interrupted).
+
+    Shared by run.py, fleet.py and soak.py.
+    """
+    try:
+        with exit_on_signals():
+            body()
+    except BenchError as exc:
+        print(f"{what} failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
 def ory_spec(upstream_url: str, ory_url: str, cache: bool) -> str:
     """ory_wsgi with Ory: default settings (JSON access log on), the session cache on or off."""
     extra = "" if cache else ', session_cache={"ttl": 0}'
@@ -984,16 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        with exit_on_signals():
-            (run_memory if args.memory else run_throughput)(args, sys.stdout)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped", file=sys.stderr)
-        return 130
-    return 0
+    return guarded_main(lambda: (run_memory if args.memory else run_throughput)(args, sys.stdout))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,9 @@ from pathlib import Path
 
 from run import (
     MIB,
-    BenchError,
     Kratos,
     Server,
-    exit_on_signals,
+    guarded_main,
     gunicorn_args,
     print_machine,
     rss_bytes,
@@ -369,16 +368,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with exit_on_signals():
-            soak(args)
-    except BenchError as exc:
-        print(f"soak failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped", file=sys.stderr)
-        return 130
-    return 0
+    return guarded_main(lambda: soak(args), "soak")
 
 
 if __name__ == "__main__":

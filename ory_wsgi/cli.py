@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = key_commands.add_parser(
         "rotate", help="add a new signing key first, keep the old ones for verification"
     )
-    rotate.add_argument("file")
+    rotate.add_argument("file", nargs="?", help="the key file (or -c: the key set in Redis)")
+    _add_config_flag(rotate)
     rotate.set_defaults(handler=cmd_keys_rotate)
 
     rules = commands.add_parser(
@@ -150,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     rules_explain.add_argument("url", metavar="URL", help="e.g. https://app.example.com/api/x")
     _add_config_flag(rules_explain)
     rules_explain.set_defaults(handler=cmd_rules_explain)
+
+    sessions = commands.add_parser("sessions", help="act on the fleet's cached sessions")
+    session_commands = sessions.add_subparsers(
+        dest="sessions_command", metavar="ACTION", required=True
+    )
+    revoke = session_commands.add_parser(
+        "revoke",
+        help="drop a session from every worker's cache (needs backend = redis; "
+        "does not end it in Ory)",
+    )
+    revoke.add_argument("session_id", metavar="ID")
+    _add_config_flag(revoke)
+    revoke.set_defaults(handler=cmd_sessions_revoke)
 
     demo = commands.add_parser(
         "demo", help="the proxy, a sample app and a local Ory stand-in, all on loopback"
@@ -263,6 +277,16 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from ory_wsgi.keys import rotate_key_set_file
 
+    if not args.file:
+        from ory_wsgi.fleet.revoke import RedisUnreachable, rotate_redis_keys
+
+        try:
+            kid = rotate_redis_keys(args.config)
+        except RedisUnreachable as exc:
+            print(f"ory-wsgi: {exc}", file=sys.stderr)
+            return 1
+        print(f"added signing key {kid} to the key set in Redis; every worker uses it within 3s")
+        return 0
     rotate_key_set_file(args.file)
     print(f"added a new signing key to {args.file}; the old keys are still published")
     return 0
@@ -329,6 +353,18 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
         return 1
     groups = f"; capture groups {list(selected.capture_groups)}" if selected.capture_groups else ""
     print(f"rule: {selected.rule.id}{groups}")
+    return 0
+
+
+def cmd_sessions_revoke(args: argparse.Namespace) -> int:
+    from ory_wsgi.fleet.revoke import RevocationFailed, revoke
+
+    try:
+        dropped = revoke(args.session_id, args.config)
+    except RevocationFailed as exc:
+        print(f"ory-wsgi: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked session {args.session_id}: {dropped} shared cache entries dropped")
     return 0
 
 

@@ -60,6 +60,8 @@ class KeyMaterial:
 class KeySet:
     """The EC P-256 keys of this proxy, read from one file and re-read when it changes."""
 
+    _reloaded_message = "key file reloaded"
+
     def __init__(self, path: str, check_interval: float = CHECK_INTERVAL) -> None:
         self.path = path
         self.check_interval = check_interval
@@ -123,22 +125,33 @@ class KeySet:
             return False
         try:
             self._next_check = time.monotonic() + self.check_interval
-            try:
-                signature = _file_signature(self.path)
-                if signature == self._signature:
-                    return False
-                material = _read_material(self.path)
-            except ConfigError as error:
-                log.warning("key file not reloaded, keeping the current keys: %s", error)
+            material = self._read_if_changed()
+            if material is None:
                 return False
-            self._signature = signature
             changed = material != self.material
             self.material = material
             if changed:
-                log.info("key file reloaded", extra={"fields": {"kid": material.kid}})
+                log.info(self._reloaded_message, extra={"fields": {"kid": material.kid}})
             return changed
         finally:
             self._reload_lock.release()
+
+    def _read_if_changed(self) -> KeyMaterial | None:
+        """The keys when the file changed since the last read; None if unchanged or unusable.
+
+        The source-specific half of `reload_if_changed` (`RedisKeySet` reads Redis instead);
+        called under the reload lock, at most every `check_interval`.
+        """
+        try:
+            signature = _file_signature(self.path)
+            if signature == self._signature:
+                return None
+            material = _read_material(self.path)
+        except ConfigError as error:
+            log.warning("key file not reloaded, keeping the current keys: %s", error)
+            return None
+        self._signature = signature
+        return material
 
 
 def generate_key_set_file(path: str) -> str:
@@ -160,18 +173,28 @@ def generate_key_set_file(path: str) -> str:
 
 def rotate_key_set_file(path: str) -> str:
     """Put a new signing key first in the JWK set at `path`, keep the others; returns its kid."""
-    if _read_bytes(path).lstrip().startswith(b"-----"):
-        raise ConfigError(f"{path}: is a PEM key; rotation needs a JWK set file (keys generate)")
-    keys = _read_material(path).keys
-    key = _generate_key()
-    document = _serialise_private([key, *keys])
+    document, kid = rotated_key_set(path, _read_bytes(path))
     directory = os.path.dirname(os.path.abspath(path))
     try:
         temporary = _write_temporary(directory, document)
         os.replace(temporary, path)
     except OSError as error:
         raise ConfigError(f"{path}: cannot write key file: {_one_line(error)}") from None
-    return str(key.kid)
+    return kid
+
+
+def new_key_set() -> bytes:
+    """A new private JWK set document with one key (for a store other than a file)."""
+    return _serialise_private([_generate_key()])
+
+
+def rotated_key_set(source: str, document: bytes) -> tuple[bytes, str]:
+    """`document` with a new signing key first and the old keys kept; and the new kid."""
+    if document.lstrip().startswith(b"-----"):
+        raise ConfigError(f"{source}: is a PEM key; rotation needs a JWK set (keys generate)")
+    keys = key_material(source, document).keys
+    key = _generate_key()
+    return _serialise_private([key, *keys]), str(key.kid)
 
 
 def _generate_key() -> ECKey:
@@ -194,7 +217,13 @@ def _serialise_public(keys: tuple[ECKey, ...]) -> bytes:
 
 
 def _read_material(path: str) -> KeyMaterial:
-    keys = _parse_keys(path, _read_bytes(path))
+    return key_material(path, _read_bytes(path))
+
+
+def key_material(source: str, document: bytes) -> KeyMaterial:
+    """Parse a key set document read from `source` (a file, Redis); `ConfigError` if unusable."""
+    path = source
+    keys = _parse_keys(path, document)
     kids = [key.kid for key in keys]
     duplicates = sorted({str(kid) for kid in kids if kids.count(kid) > 1})
     if duplicates:

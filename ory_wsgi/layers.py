@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ory_wsgi.errors import ConfigError
-from ory_wsgi.keys import KeySet
+from ory_wsgi.fleet.wiring import attach_fleet, key_set, memory_ttl, redis_health
 from ory_wsgi.metrics import Metrics
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, session_cookie_names
@@ -40,7 +40,7 @@ def ory_layers(
     keys = None
     if jwt.enabled:
         # The id_token mutators sign with these keys (one TokenMinter per rule's claims).
-        keys = KeySet.ensure(jwt.keys_file, settings.proxy.state_dir)
+        keys = key_set(settings)
         jwks = JwksEndpoint(keys)
         routes["/.ory/jwks.json"] = jwks
         routes["/.ory/proxy/jwks.json"] = jwks
@@ -51,10 +51,11 @@ def ory_layers(
         base_url_rewrite=public + "/.ory",
     )
     cache = (metrics.session_cache if metrics else SessionCache)(
-        settings.session_cache.ttl,
+        memory_ttl(settings),
         settings.session_cache.negative_ttl,
         settings.session_cache.max_entries,
     )
+    fleet = attach_fleet(settings, cache)
     cookie_names = session_cookie_names(
         settings.ory_url, settings.ory.project, settings.ory.session_cookie
     )
@@ -80,9 +81,9 @@ def ory_layers(
             shorthand=shorthand,
         )
 
-    routes[READY_PATH] = Readiness(keys, client)
+    routes[READY_PATH] = Readiness(keys, client, degraded=redis_health(fleet, keys))
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
-        client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/"
+        client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/", fleet
     )
     return around, routes
 

@@ -32,6 +32,7 @@ from ory_wsgi.headers import TrustedProxies
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import Credentials, Lookup
 from ory_wsgi.settings import MetricsSettings
+from ory_wsgi.wrappers.access_log import status_sent, write_failed
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 if TYPE_CHECKING:
@@ -163,8 +164,10 @@ def route_of(environ: WSGIEnvironment) -> str:
 class MeasuredApp:
     """Counts each request by route, decision and status, and times it, when its body ends.
 
-    The status is the one the client got: a body the client abandoned counts
-    as 499, one that broke off on our side with the failure's status.
+    The status is the one the client got, by the access log's rule: 499 only
+    when the client went away (a write to it failed, or its request body
+    stopped short); a body the server stopped sending without an error keeps
+    its status; one that broke off on our side counts with the failure's.
     """
 
     def __init__(self, app: WSGIApplication, metrics: Metrics) -> None:
@@ -222,13 +225,13 @@ class MeasuredBody:
 
     def close(self) -> None:
         measure = self.measure
+        failed = write_failed(self.finished)
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            gone = not self.finished or measure.environ.get("ory.client_gone")
-            measure.done(499 if gone else measure.status)
+            measure.done(status_sent(measure.environ, measure.status, failed))
 
 
 class MeteredSessionCache(SessionCache):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.keys import KeySet
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient, OryUnavailable, extract_credentials
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
+
+if TYPE_CHECKING:
+    from ory_wsgi.fleet.session_store import SharedSessionStore
 
 log = logging.getLogger("ory_wsgi.logout")
 
@@ -44,7 +48,9 @@ class LogoutEndpoint:
     Ory to return it to `after_logout_url` (`[proxy] default_redirect_url`,
     else the public URL's `/`) rather than to Ory's own page. A request
     from another site (`Sec-Fetch-Site: cross-site`) is refused, so a foreign
-    page cannot log users out.
+    page cannot log users out. With a fleet (`[session_cache] backend =
+    "redis"`) the session is dropped from every worker's cache before the
+    answer leaves.
     """
 
     def __init__(
@@ -53,9 +59,11 @@ class LogoutEndpoint:
         cache: SessionCache,
         cookie_names: frozenset[str],
         after_logout_url: str,
+        fleet: SharedSessionStore | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
+        self.fleet = fleet
         self.cookie_names = cookie_names
         self.after_logout_url = after_logout_url
 
@@ -78,6 +86,8 @@ class LogoutEndpoint:
                     headers=[("Retry-After", "5")],
                 )
             self.cache.drop(credentials)
+            if self.fleet is not None:
+                self.fleet.revoke_digest(credentials.cache_key)
         environ["ory.decision"] = "logout"
         start_response(
             "303 See Other",

@@ -1,10 +1,12 @@
 """`/.ory/proxy/health/ready`: may a load balancer send this worker traffic?
 
-    routes[READY_PATH] = Readiness(keys, client)
+    routes[READY_PATH] = Readiness(keys, client, degraded=redis_link.degraded)
 
 Ready when the signing keys are loaded, Ory answered within the last
 `interval` (10 s; when traffic has not made Ory answer lately, one probe of
 Ory's `/health/alive` at most every `interval`), and shutdown has not begun.
+While a fleet's Redis is out the worker stays ready (200) and says so:
+`{"status": "ok", "degraded": true, "reason": "redis_unavailable: ..."}`.
 Shutdown is announced by `begin_shutdown()`, which the shipped gunicorn
 config calls from the worker's SIGTERM handler: the app never sees signals.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from urllib3.exceptions import HTTPError
 from urllib3.util import Timeout
@@ -53,9 +55,12 @@ class Readiness:
         keys: KeySet | None = None,
         client: OryClient | None = None,
         interval: float = CHECK_INTERVAL,
+        degraded: Callable[[], str] | None = None,
     ) -> None:
         self.keys = keys
         self.client = client
+        self.degraded = degraded
+        """Why the worker runs with less than it should ("" when it does not), e.g. no Redis."""
         self.interval = interval
         self._last_probe = float("-inf")
         self._probe_answered = float("-inf")
@@ -75,7 +80,11 @@ class Readiness:
                 {"status": "unavailable", "reason": reason, "message": message},
                 [*_HEADERS, ("Retry-After", "5")],
             )
-        return json_answer(start_response, 200, {"status": "ok"}, _HEADERS)
+        body: dict[str, object] = {"status": "ok"}
+        if self.degraded is not None and (why := self.degraded()):
+            body["degraded"] = True
+            body["reason"] = why
+        return json_answer(start_response, 200, body, _HEADERS)
 
     def problem(self) -> tuple[str, str]:
         """("", "") when ready, else a reason code and a sentence for whoever reads the probe."""

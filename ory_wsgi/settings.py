@@ -71,6 +71,8 @@ class OrySettings:
     cookie_domain: str = ""
     timeout: float = field(default=3.0, metadata=DURATION)
     rate_limit_header: str = ""
+    max_calls_per_second: int = 0
+    max_call_wait: float = field(default=0.25, metadata=DURATION)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class SessionCacheSettings:
     ttl: float = field(default=10.0, metadata=DURATION)
     negative_ttl: float = field(default=2.0, metadata=DURATION)
     max_entries: int = 10000
+    backend: str = "memory"
+    redis_url: str = ""
+    redis_timeout: float = field(default=0.25, metadata=DURATION)
+    memory_ttl: float = field(default=1.0, metadata=DURATION)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class JwtSettings:
     issuer: str = ""
     audience: str = ""
     keys_file: str = ""
+    keys_backend: str = "file"
     keep_client_authorization: bool = False
     claims: Mapping[str, str] = field(default_factory=dict)
 
@@ -216,7 +223,10 @@ ORY_ENV = {
 }
 # ORY_WSGI_* names that are not settings (read by the CLI and the bin/ scripts).
 ENV_NOT_SETTINGS = frozenset({"ORY_WSGI_CONFIG", "ORY_WSGI_VENV"})
-SECRET_KEYS = {("ory", "api_key")}
+SECRET_KEYS = {("ory", "api_key"), ("session_cache", "redis_url")}
+CACHE_BACKENDS = ("memory", "redis")
+KEYS_BACKENDS = ("file", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AALS = ("aal1", "aal2", "aal3")
@@ -637,6 +647,42 @@ def _validate(settings: Settings, merged: Layer) -> None:
         raise ConfigError(
             f"{where('metrics', 'path')}: must be a plain path starting with /, outside"
             f" Ory's /.ory/ (under /.ory/proxy/ is fine), got {metrics_path!r}"
+        )
+
+    _validate_fleet(settings, where)
+
+
+def _validate_fleet(settings: Settings, where: Any) -> None:
+    cache = settings.session_cache
+    if cache.backend not in CACHE_BACKENDS:
+        raise ConfigError(
+            f"{where('session_cache', 'backend')}: must be memory or redis, got {cache.backend!r}"
+        )
+    if cache.redis_url:
+        scheme = urlsplit(cache.redis_url).scheme
+        if scheme not in REDIS_SCHEMES:
+            raise ConfigError(
+                f"{where('session_cache', 'redis_url')}: expected a redis://, rediss://, "
+                f"unix:// or redis+sentinel:// URL, got scheme {scheme!r}"
+            )
+    elif cache.backend == "redis":
+        raise ConfigError(
+            f"{where('session_cache', 'backend')}: redis needs [session_cache] redis_url "
+            '(e.g. "redis://127.0.0.1:6379/0", or ORY_WSGI_SESSION_CACHE_REDIS_URL)'
+        )
+    keys_backend = settings.jwt.keys_backend
+    if keys_backend not in KEYS_BACKENDS:
+        raise ConfigError(
+            f"{where('jwt', 'keys_backend')}: must be file or redis, got {keys_backend!r}"
+        )
+    if keys_backend == "redis" and not cache.redis_url:
+        raise ConfigError(
+            f"{where('jwt', 'keys_backend')}: redis needs [session_cache] redis_url "
+            "(the key set is kept in that Redis)"
+        )
+    if cache.redis_url and not 0 < cache.redis_timeout <= 10:
+        raise ConfigError(
+            f"{where('session_cache', 'redis_timeout')}: must be more than 0 and at most 10s"
         )
 
 

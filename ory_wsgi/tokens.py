@@ -134,8 +134,11 @@ class TokenMinter:
 
     def forget(self, session_id: str) -> None:
         """Drop the cached token of a session (after a logout)."""
+        prefix = f"{session_id}\0"
         with self._lock:
             self._cache.pop(session_id, None)
+            for key in [k for k in self._cache if k.startswith(prefix)]:
+                del self._cache[key]
 
     def _sign(
         self,

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from ory_flows import Start
 from pytest_httpserver import HTTPServer
-from servers import Gunicorn, Script, ScriptedUpstream, ThreadedServer, free_port
+from servers import (
+    Gunicorn,
+    RedisServer,
+    Script,
+    ScriptedUpstream,
+    ThreadedServer,
+    free_port,
+    proxy_gunicorn,
+)
 from upstream_app import app as upstream_wsgi
 
 from ory_wsgi import make_app
@@ -41,10 +49,7 @@ def start_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     started: list[Gunicorn] = []
 
     def start(config: str, *args: str, **kwargs: Any) -> Gunicorn:
-        path = tmp_path / f"ory-{len(started)}.toml"
-        path.write_text(config)
-        kwargs.setdefault("cwd", tmp_path)
-        server = Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
+        server = proxy_gunicorn(tmp_path, config, *args, name=f"ory-{len(started)}.toml", **kwargs)
         started.append(server)
         return server
 
@@ -58,13 +63,12 @@ def proxy(
     upstream_gunicorn: Gunicorn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
     """One shared proxy (2 gthread workers) in front of the gunicorn upstream."""
-    directory = tmp_path_factory.mktemp("proxy")
-    path = directory / "ory.toml"
-    path.write_text(
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("proxy"),
         f'[proxy]\nupstream = "{upstream_gunicorn.url}"\n'
-        'public_url = "https://app.example.com"\nread_timeout = "3s"\n'
+        'public_url = "https://app.example.com"\nread_timeout = "3s"\n',
+        workers=2,
     )
-    server = Gunicorn(f'ory_wsgi:make_app("{path}")', workers=2, cwd=directory)
     yield server
     server.stop()
 
@@ -100,16 +104,12 @@ def start_ory_proxy(
         port = port or free_port()
         public = f"http://127.0.0.1:{port}"
         fake_ory.allowed_return_urls = [public]
-        config = tmp_path / "ory.toml"
-        config.write_text(
+        server = proxy_gunicorn(
+            tmp_path,
             f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{public}"\n'
-            f'[ory]\nsdk_url = "{fake_ory.url}"\n{extra}'
-        )
-        server = Gunicorn(
-            f'ory_wsgi:make_app("{config}")',
+            f'[ory]\nsdk_url = "{fake_ory.url}"\n{extra}',
             workers=workers,
             threads=threads,
-            cwd=tmp_path,
             port=port,
         )
         started.append(server)
@@ -151,3 +151,11 @@ def scripted() -> Iterator[Callable[..., ScriptedUpstream]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real, empty redis-server for this test on a free port: `.url`, `.stop()`, `.start()`."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

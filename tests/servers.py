@@ -39,6 +39,14 @@ def wait_for_port(
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_for_log(server: Gunicorn, text: str, timeout: float = 5.0) -> str:
+    """`server`'s log once `text` is in it, or after `timeout` (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.log()
+
+
 class Gunicorn:
     """A gunicorn process serving `app_spec`; its stderr is kept for assertions."""
 
@@ -96,6 +104,59 @@ class Gunicorn:
         self.log_file.close()
 
 
+class RedisServer:
+    """A real redis-server on a free loopback port with its own directory, no persistence.
+
+    `stop()` and `start()` again keep the port, so clients configured with
+    `url` reconnect to the restarted server; `pause()` and `resume()` make it
+    hang instead (fault tests).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
 class ThreadedServer:
     """A werkzeug server in a thread of the test process."""
 
@@ -121,6 +182,16 @@ def gunicorn(app_spec: str, *args: str, **kwargs: Any) -> Iterator[Gunicorn]:
         yield server
     finally:
         server.stop()
+
+
+def proxy_gunicorn(
+    directory: Path, config: str, *args: str, name: str = "ory.toml", **kwargs: Any
+) -> Gunicorn:
+    """The proxy under gunicorn: `config` (TOML text) in `directory`/`name`, run from there."""
+    path = directory / name
+    path.write_text(config)
+    kwargs.setdefault("cwd", directory)
+    return Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
 
 
 def write_config(path: Path, text: str) -> Path:

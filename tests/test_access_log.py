@@ -8,13 +8,12 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-from servers import Gunicorn, ThreadedServer, free_port, log_records
+from servers import Gunicorn, ThreadedServer, free_port, log_records, proxy_gunicorn, wait_for_log
 from werkzeug.test import Client
 
 from ory_wsgi.wrappers.access_log import AccessLog
@@ -47,18 +46,12 @@ def connection(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
 
 
-def start_gunicorn(directory: Path, config: str) -> Gunicorn:
-    path = directory / f"ory-{free_port()}.toml"
-    path.write_text(config)
-    return Gunicorn(f'ory_wsgi:make_app("{path}")', cwd=directory)
-
-
 @pytest.fixture(scope="module")
 def strict_proxy(
     upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
     """In front of the in-process upstream, with a short read timeout and a body limit."""
-    server = start_gunicorn(
+    server = proxy_gunicorn(
         tmp_path_factory.mktemp("strict"),
         f'[proxy]\nupstream = "{upstream.url}"\nread_timeout = "500ms"\nmax_body_size = 1000\n',
     )
@@ -69,7 +62,7 @@ def strict_proxy(
 @pytest.fixture(scope="module")
 def orphan_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
     """In front of an upstream that is not there."""
-    server = start_gunicorn(
+    server = proxy_gunicorn(
         tmp_path_factory.mktemp("orphan"),
         f'[proxy]\nupstream = "http://127.0.0.1:{free_port()}"\n',
     )
@@ -313,7 +306,7 @@ FORGING_PATHS = {
 def text_proxy(
     upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
-    server = start_gunicorn(
+    server = proxy_gunicorn(
         tmp_path_factory.mktemp("text"),
         f'[proxy]\nupstream = "{upstream.url}"\n[log]\nformat = "text"\n',
     )
@@ -328,10 +321,7 @@ def test_control_characters_in_the_path_are_escaped_in_the_text_log(
     path, escaped = FORGING_PATHS[case]
     request_id = new_id()
     requests.get(text_proxy.url + path, headers={"X-Request-Id": request_id}, timeout=5)
-    deadline = time.monotonic() + 8
-    while request_id not in text_proxy.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = text_proxy.log()
+    log = wait_for_log(text_proxy, request_id, timeout=8)
     lines = [line for line in log.splitlines() if request_id in line]
     assert len(lines) == 1, log
     assert escaped in lines[0]

@@ -124,10 +124,9 @@ def test_ory_down_gives_503_on_login_required_view(
     assert answer.headers["Retry-After"]
 
 
-def test_options_is_gated_by_login_required_like_any_method(
-    app: Flask, client: FlaskClient
-) -> None:
-    ran = []
+def guarded_route(app: Flask) -> list[str]:
+    """Adds a login_required GET/OPTIONS view at /guarded; the list records each run."""
+    ran: list[str] = []
 
     @app.route("/guarded", methods=["GET", "OPTIONS"])
     @login_required
@@ -135,6 +134,13 @@ def test_options_is_gated_by_login_required_like_any_method(
         ran.append(request.method)
         return "ok"
 
+    return ran
+
+
+def test_options_is_gated_by_login_required_like_any_method(
+    app: Flask, client: FlaskClient
+) -> None:
+    ran = guarded_route(app)
     assert client.options("/guarded", headers={"Accept": "application/json"}).status_code == 401
     assert client.get("/guarded", headers={"Accept": "application/json"}).status_code == 401
     assert not ran
@@ -146,14 +152,7 @@ def test_options_is_gated_by_login_required_like_any_method(
 def test_cors_preflight_never_runs_a_login_required_view(
     app: Flask, client: FlaskClient, origin: str, status: int
 ) -> None:
-    ran = []
-
-    @app.route("/guarded", methods=["GET", "OPTIONS"])
-    @login_required
-    def guarded() -> str:
-        ran.append(request.method)
-        return "ok"
-
+    ran = guarded_route(app)
     answer = client.options(
         "/guarded", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
     )

@@ -16,7 +16,14 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import upstream_app
-from servers import Gunicorn, ScriptedUpstream, ThreadedServer, free_port, log_records
+from servers import (
+    Gunicorn,
+    ScriptedUpstream,
+    ThreadedServer,
+    free_port,
+    log_records,
+    proxy_gunicorn,
+)
 
 from ory_wsgi import make_app
 from ory_wsgi.forwarder import Forwarder
@@ -590,10 +597,10 @@ def edge_proxy(
         yield server
         server.stop()
         return
-    directory = tmp_path_factory.mktemp("edge")
-    config = directory / "ory.toml"
-    config.write_text(f'[proxy]\nupstream = "{raw_upstream.url}"\npublic_url = "{PUBLIC}"\n')
-    gunicorn = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=directory)
+    gunicorn = proxy_gunicorn(
+        tmp_path_factory.mktemp("edge"),
+        f'[proxy]\nupstream = "{raw_upstream.url}"\npublic_url = "{PUBLIC}"\n',
+    )
     yield gunicorn
     gunicorn.stop()
 

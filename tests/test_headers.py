@@ -16,7 +16,7 @@ from werkzeug.serving import make_server
 
 from ory_wsgi import make_app
 from ory_wsgi.headers import TrustedProxies, upstream_headers
-from ory_wsgi.identity_headers import IDENTITY_KEYS, PROXY_KEYS
+from ory_wsgi.identity_headers import CLIENT_IP_KEYS, IDENTITY_KEYS, PROXY_KEYS, strip_claims
 
 DevProxy = Callable[..., ThreadedServer]
 PUBLIC = "https://app.example.com"
@@ -286,3 +286,29 @@ def test_client_ip_claims_from_a_trusted_peer_reach_app(
     seen = echo_headers(server.url, CLIENT_IP_CLAIMS)
     assert claims_in(seen) == {name.lower() for name in CLIENT_IP_CLAIMS}
     assert seen["X-Real-Ip"] == "6.6.6.1"
+
+
+def test_trusted_proxies_accept_a_cidr_written_with_host_bits() -> None:
+    # `10.1.2.3/8` is how many configs spell 10.0.0.0/8; refusing it would stop the proxy.
+    trusted = TrustedProxies(["10.1.2.3/8", "fd00::1/8"])
+    assert "10.200.0.1" in trusted and "fd12::5" in trusted
+    assert "11.0.0.1" not in trusted
+
+
+ORDINARY = {
+    "HTTP_ACCEPT": "*/*",
+    "HTTP_USER_AGENT": "ua",
+    "HTTP_X_REQUEST_ID": "r",
+    "PATH_INFO": "/",
+}
+
+
+@pytest.mark.parametrize("trusted_peer", [False, True])
+def test_strip_claims_removes_every_identity_claim_and_nothing_ordinary(
+    trusted_peer: bool,
+) -> None:
+    claims = dict.fromkeys([*IDENTITY_KEYS, "HTTP_X_ORY_SUBJECT", "HTTP_ORY_SESSION"], "ada")
+    client_ips = dict.fromkeys(CLIENT_IP_KEYS, "10.0.0.1")
+    environ = {**ORDINARY, **claims, **client_ips}
+    strip_claims(environ, trusted_peer=trusted_peer)
+    assert environ == {**ORDINARY, **(client_ips if trusted_peer else {})}

@@ -12,6 +12,7 @@ import requests
 from ory_flows import PASSWORD
 from prometheus_client.parser import text_string_to_metric_families
 from servers import Gunicorn, ThreadedServer, free_port
+from werkzeug.test import Client
 
 from ory_wsgi.app import build_app
 from ory_wsgi.errors import ConfigError
@@ -231,3 +232,50 @@ def test_metrics_settings_from_the_environment() -> None:
         env={"ORY_WSGI_METRICS_ENABLED": "1", "ORY_WSGI_METRICS_PATH": "/metrics"},
     )
     assert settings.metrics.enabled and settings.metrics.path == "/metrics"
+
+
+# -- 499 means the client went away, by the access log's rule -----------------------------
+
+
+def hello_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("302 Found", [("Location", "/next"), ("Content-Length", "11")])
+    return [b"hello", b" world"]
+
+
+def counted(metrics: Metrics, status: str) -> float | None:
+    labels = {"route": "app", "decision": "none", "status": status}
+    return metrics.registry.get_sample_value("ory_wsgi_requests_total", labels)
+
+
+def test_body_the_server_stopped_sending_without_an_error_keeps_its_status() -> None:
+    metrics = Metrics()
+    response = Client(metrics.wrap(hello_app)).get("/x", buffered=False)
+    response.close()  # the body was never iterated, and nothing failed
+    assert (counted(metrics, "302"), counted(metrics, "499")) == (1.0, None)
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError, ConnectionResetError, TimeoutError])
+def test_body_whose_write_to_the_client_failed_is_counted_499(error: type[OSError]) -> None:
+    metrics = Metrics()
+    body = metrics.wrap(hello_app)(
+        {"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda status, headers, *exc: None
+    )
+    # What gunicorn and werkzeug do: close() from a `finally` while the write error is raised.
+    with pytest.raises(error):
+        try:
+            for _chunk in body:
+                raise error()
+        finally:
+            body.close()  # type: ignore[attr-defined]
+    assert (counted(metrics, "499"), counted(metrics, "302")) == (1.0, None)
+
+
+def test_request_body_that_stopped_short_is_counted_499() -> None:
+    def reading_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["ory.client_gone"] = True  # what the forwarder records when the upload stops
+        return hello_app(environ, start_response)
+
+    metrics = Metrics()
+    response = Client(metrics.wrap(reading_app)).get("/x", buffered=True)
+    assert response.status_code == 302
+    assert (counted(metrics, "499"), counted(metrics, "302")) == (1.0, None)

@@ -143,6 +143,12 @@ def test_credential_of_the_limit_size_is_kept() -> None:
     assert found is not None and found.cookie == f"ory_kratos_session={value}"
 
 
+def test_token_of_the_limit_size_is_kept() -> None:
+    token = "ory_st_" + "a" * (MAX_CREDENTIAL_BYTES - len("ory_st_"))
+    found = extract_credentials({"HTTP_X_SESSION_TOKEN": token}, NAMES)
+    assert found is not None and found.session_token == token
+
+
 def test_too_large_cookie_beside_a_good_token_leaves_the_token() -> None:
     environ = {
         "HTTP_COOKIE": "ory_kratos_session=" + "a" * 10_000,
@@ -215,6 +221,16 @@ def test_cache_key_ignores_app_cookies() -> None:
 def test_ory_network_cookie_name_drops_dashes_from_slug() -> None:
     names = session_cookie_names("https://x.example.com", project="happy-cat-42")
     assert names == {"ory_kratos_session", "ory_session_happycat42"}
+
+
+def test_self_hosted_kratos_reads_only_its_own_session_cookie() -> None:
+    for url in ("http://kratos:4433", "https://auth.example.com", "https://projects.oryapis.com"):
+        assert session_cookie_names(url) == {"ory_kratos_session"}
+
+
+def test_project_slug_wins_over_the_sdk_url() -> None:
+    names = session_cookie_names("https://happy-cat.projects.oryapis.com", project="mine")
+    assert names == {"ory_kratos_session", "ory_session_mine"}
 
 
 def test_ory_network_cookie_name_comes_from_sdk_url_without_slug() -> None:

@@ -51,6 +51,14 @@ def test_suspicious_spellings_are_flagged(raw: str) -> None:
     assert normalise_path(raw).suspicious
 
 
+@pytest.mark.parametrize(
+    "raw", ["/caf%C3%A9", "/%E2%82%AC/prix", "/%F0%9F%98%80", "/members/%c3%bc", "/plain/path"]
+)
+def test_valid_utf8_escapes_are_not_suspicious(raw: str) -> None:
+    # Only escapes that do not decode as UTF-8 are an attacker's spelling; these are text.
+    assert not normalise_path(raw).suspicious
+
+
 def test_a_path_not_starting_with_slash_is_a_bad_request() -> None:
     with pytest.raises(BadRequest):
         normalise_path("members")

@@ -6,24 +6,32 @@ import dataclasses
 import json
 import logging
 import re
+import tomllib
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import pytest
 from joserfc import jwt
 from test_keys import make_session, published
+from test_rules_loader import doc_blocks
 from werkzeug.datastructures import Headers
 from werkzeug.http import parse_cookie
 
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.keys import KeySet, rotate_key_set_file
 from ory_wsgi.paths import normalise_path
+from ory_wsgi.pipeline.error_handlers import ERROR_HANDLERS
 from ory_wsgi.pipeline.errors import DecisionError
 from ory_wsgi.pipeline.mutators import MUTATORS
+from ory_wsgi.pipeline.mutators.id_token import MAX_MINTERS
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
+from ory_wsgi.rules.loader import build_rule_set, decode_document, parse_document
+from ory_wsgi.rules.matcher import Matcher
+from ory_wsgi.rules.model import AccessRule
 from ory_wsgi.rules.template import MatchContext, RequestURL
-from ory_wsgi.settings import JwtSettings, Settings
+from ory_wsgi.settings import JwtSettings, ProxySettings, Settings
 
 PUBLIC = "https://app.example.com"
 WHERE = 'rule "r1" mutators[0]'
@@ -216,6 +224,19 @@ def test_id_token_one_minter_per_distinct_config(services: Services) -> None:
     assert c.minter is not a.minter
 
 
+def test_id_token_minters_do_not_pile_up_over_reloads(services: Services) -> None:
+    handler = MUTATORS["id_token"](services)
+    first = handler.prepare({"ttl": 2}, WHERE)
+    for ttl in range(3, MAX_MINTERS + 10):
+        handler.prepare({"ttl": ttl}, WHERE)
+    again = handler.prepare({"ttl": 2}, WHERE)
+    assert again.minter is not first.minter
+    assert len(handler._minters) == MAX_MINTERS
+    session = kratos_session()
+    handler.mutate(facts(), session, first)  # a rule prepared earlier keeps working
+    assert session.header["Authorization"].startswith("Bearer ")
+
+
 def test_id_token_jwks_url_is_ignored_with_one_warning(
     services: Services, key_set: KeySet, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -348,6 +369,37 @@ def test_cookie_sets_rule_cookies_and_keeps_the_clients_others(services: Service
     )
 
 
+@pytest.mark.parametrize(
+    "client",
+    [
+        "user=forged",
+        " user = forged ",
+        "user",
+        "x=1, user=forged",
+        "user=forged; user=again",
+        "theme=dark;user=forged",
+    ],
+)
+def test_cookie_a_client_cannot_send_a_rule_cookie(services: Services, client: str) -> None:
+    headers = Headers([("Cookie", client)])
+    session = mutate(
+        services, "cookie", {"cookies": {"user": "real"}}, anonymous_session(), headers=headers
+    )
+    assert "forged" not in session.header["Cookie"] and "again" not in session.header["Cookie"]
+    assert session.header["Cookie"].startswith("user=real")
+    assert SimpleCookie(session.header["Cookie"])["user"].value == "real"
+    assert parse_cookie(session.header["Cookie"]).getlist("user") == ["real"]
+
+
+def test_forget_drops_every_token_of_a_session(services: Services) -> None:
+    handler = MUTATORS["id_token"](services)
+    prepared = handler.prepare({}, WHERE)
+    handler.mutate(facts(), kratos_session(), prepared)
+    assert prepared.minter.cached_tokens == 1
+    prepared.minter.forget(make_session()["id"])
+    assert prepared.minter.cached_tokens == 0
+
+
 def test_cookie_without_client_cookies(services: Services) -> None:
     session = mutate(services, "cookie", {"cookies": {"a": "1"}}, anonymous_session())
     assert session.header == {"Cookie": "a=1"}
@@ -402,3 +454,145 @@ def test_noop_changes_nothing(services: Services) -> None:
     assert session.header == {} and session.cookies == {}
     with pytest.raises(ConfigError, match="unknown config key"):
         MUTATORS["noop"](services).prepare({"headers": {}}, WHERE)
+
+
+# --- the examples of docs/rules-handlers.md, word for word ------------------
+
+DOC = "rules-handlers.md"
+
+
+def doc_rules(language: str) -> list[AccessRule]:
+    rules: list[AccessRule] = []
+    for block in doc_blocks(language, DOC):
+        if block.startswith(("- id:", "[")):
+            rules += parse_document(decode_document(block.encode(), DOC), DOC, ".")
+    return rules
+
+
+def run_mutators(services: Services, rule: AccessRule, session: AuthSession, **kw: Any) -> None:
+    for index, step in enumerate(rule.mutators):
+        handler = MUTATORS[step.handler](services)
+        prepared = handler.prepare(step.config, f"{rule.where} mutators[{index}]")
+        handler.mutate(facts(**kw), session, prepared)
+
+
+def choose_error(
+    services: Services, rule: AccessRule, error: DecisionError, request: RequestFacts
+) -> DecisionError | None:
+    """The first of the rule's error handlers whose `when` accepts the error, answering it."""
+    for index, step in enumerate(rule.errors):
+        handler = ERROR_HANDLERS[step.handler](services)
+        prepared = handler.prepare(step.config, f"{rule.where} errors[{index}]")
+        if handler.matches(request, error, prepared):
+            answer = handler.answer(request, error, prepared)
+            assert isinstance(answer, DecisionError)
+            return answer
+    return None
+
+
+@pytest.fixture
+def doc_services(key_set: KeySet) -> Services:
+    settings = Settings(proxy=ProxySettings(trusted_proxies=("10.0.0.0/8",)))
+    return Services(settings, PUBLIC, key_set, None, None, frozenset())
+
+
+def browser(target: str) -> RequestFacts:
+    accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    return dataclasses.replace(facts(), target=target, headers=Headers([("Accept", accept)]))
+
+
+def request_with(headers: list[tuple[str, str]], **changes: Any) -> RequestFacts:
+    return dataclasses.replace(facts(), headers=Headers(headers), **changes)
+
+
+def unauthorized() -> DecisionError:
+    return DecisionError(401, "unauthorized", "The request could not be authorized")
+
+
+def test_doc_members_rule(doc_services: Services, key_set: KeySet) -> None:
+    rules = doc_rules("yaml")
+    assert [rule.id for rule in rules] == ["members", "admin"]
+    members = rules[0]
+    found = Matcher(build_rule_set([(members,)])).match(
+        "GET", "https", "app.example.com", "/members/ada-1"
+    )
+    assert found is not None and found.capture_groups == ("ada-1",)
+    session = kratos_session()
+    session.match = dataclasses.replace(session.match, regexp_capture_groups=found.capture_groups)
+    client_cookies = Headers([("Cookie", "member=forged; theme=dark")])
+    run_mutators(doc_services, members, session, headers=client_cookies)
+    claims = claims_of(session, key_set)
+    assert claims["aud"] == ["members"] and claims["email"] == "ada@example.com"
+    assert claims["exp"] - claims["iat"] == 300
+    assert session.header["X-User-Id"] == session.subject
+    assert session.header["X-Member-Page"] == "ada-1"
+    assert session.header["Cookie"] == f"member={session.subject}; theme=dark"
+
+    target = "/members/ada-1?tab=2"
+    login = choose_error(doc_services, members, unauthorized(), browser(target=target))
+    assert login is not None and login.status == 303
+    assert login.header("Location") == (
+        "https://app.example.com/.ory/self-service/login/browser"
+        "?return_to=https%3A%2F%2Fapp.example.com%2Fmembers%2Fada-1%3Ftab%3D2"
+    )
+    api = choose_error(doc_services, members, unauthorized(), request_with([]))
+    assert api is not None and api.status == 401
+    envelope = next(b for b in doc_blocks("", DOC) if b.startswith('{"error"'))
+    assert api.body == envelope.strip().encode()
+
+
+def test_doc_admin_rule_when_clauses(doc_services: Services) -> None:
+    admin = doc_rules("yaml")[1]
+    staff = request_with([("X-Forwarded-For", "10.1.2.3")], remote_addr="10.0.0.1")
+    answer = choose_error(doc_services, admin, unauthorized(), staff)
+    assert answer is not None and answer.status == 401
+    assert answer.header("WWW-Authenticate") == 'Basic realm="Staff only"'
+    # The same X-Forwarded-For from a client that is not a trusted proxy counts for nothing.
+    spoofed = dataclasses.replace(browser(target="/admin/x"), remote_addr="203.0.113.5")
+    spoofed = dataclasses.replace(
+        spoofed, headers=Headers([*spoofed.headers.items(), ("X-Forwarded-For", "10.1.2.3")])
+    )
+    answer = choose_error(doc_services, admin, unauthorized(), spoofed)
+    assert answer is not None and answer.status == 302
+    assert answer.header("Location") == (
+        "/login?return_to=https%3A%2F%2Fapp.example.com%2Fadmin%2Fx"
+    )
+    forbidden = DecisionError(403, "forbidden", "The requested action was forbidden")
+    api = request_with([("Content-Type", "application/json; charset=utf-8")])
+    answer = choose_error(doc_services, admin, forbidden, api)
+    assert answer is not None and answer.status == 403 and answer.body is not None
+    # A form post (text/plain here) is answered by json only for the errors it lists.
+    form = request_with([("Content-Type", "text/plain")])
+    down = DecisionError(503, "ory_unavailable", "The login service is unavailable")
+    answer = choose_error(doc_services, admin, down, form)
+    assert answer is not None and answer.status == 503
+    # None of them takes its 404: [errors] fallback answers it.
+    assert choose_error(doc_services, admin, DecisionError(404, "not_found", "no"), form) is None
+    # A request without Content-Type counts as application/octet-stream: application/*.
+    assert choose_error(
+        doc_services, admin, DecisionError(404, "not_found", "no"), request_with([])
+    )
+
+
+def test_doc_api_rule_json(
+    doc_services: Services, key_set: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    (api,) = doc_rules("json")
+    anonymous = anonymous_session()
+    with caplog.at_level(logging.WARNING, logger="ory_wsgi.pipeline.mutators"):
+        run_mutators(doc_services, api, anonymous)
+    assert "Authorization" not in anonymous.header
+    assert any("jwks_url is ignored" in r.getMessage() for r in caplog.records)
+    session = kratos_session()
+    run_mutators(doc_services, api, session)
+    claims = claims_of(session, key_set)
+    assert claims["iss"] == "https://app.example.com/" and claims["aud"] == "api"
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_doc_header_toml(doc_services: Services) -> None:
+    (block,) = [b for b in doc_blocks("toml", DOC) if "[mutators.header]" in b]
+    table = tomllib.loads(block)["mutators"]["header"]
+    assert table["enabled"] is True
+    session = mutate(doc_services, "header", table["config"], kratos_session())
+    assert session.header == {"X-User-Id": session.subject, "X-Proxy": "ory-wsgi"}

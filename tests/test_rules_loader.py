@@ -442,9 +442,9 @@ def test_bad_inline_repository(tmp_path: Path) -> None:
         load(tmp_path, '[access_rules]\nrepositories = ["inline://***"]\n')
 
 
-def doc_blocks(language: str) -> list[str]:
-    """The fenced code blocks of docs/rules.md in one language ("" for plain blocks)."""
-    text = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+def doc_blocks(language: str, doc: str = "rules.md") -> list[str]:
+    """The fenced code blocks of docs/<doc> in one language ("" for plain blocks)."""
+    text = (Path(__file__).parent.parent / "docs" / doc).read_text()
     blocks: list[str] = []
     fence: str | None = None  # the info string of the open block
     lines: list[str] = []

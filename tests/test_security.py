@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -23,7 +24,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from ory_flows import PASSWORD
 from recording import RecordingUpstream, Seen
-from servers import Gunicorn, ThreadedServer
+from servers import Gunicorn, ThreadedServer, log_records, proxy_gunicorn
 
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
@@ -59,13 +60,12 @@ def proxy(
     upstream: ThreadedServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gunicorn]:
-    directory = tmp_path_factory.mktemp("security")
-    config = directory / "ory.toml"
-    config.write_text(
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("security"),
         f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
-        f'[ory]\nsdk_url = "{fake_ory_server.url}"\n{RULES}'
+        f'[ory]\nsdk_url = "{fake_ory_server.url}"\n{RULES}',
+        threads=8,
     )
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
     yield server
     server.stop()
 
@@ -487,13 +487,12 @@ def recorded_ory(ory_recorder: RecordingUpstream) -> Iterator[ThreadedServer]:
 def ory_path_proxy(
     recorded_ory: ThreadedServer, upstream: ThreadedServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
-    directory = tmp_path_factory.mktemp("ory-path")
-    config = directory / "ory.toml"
-    config.write_text(
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("ory-path"),
         f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "{PUBLIC}"\n'
-        f'[ory]\nsdk_url = "{recorded_ory.url}/kratos"\napi_key = "secret-key"\n{RULES}'
+        f'[ory]\nsdk_url = "{recorded_ory.url}/kratos"\napi_key = "secret-key"\n{RULES}',
+        threads=8,
     )
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', threads=8, cwd=directory)
     yield server
     server.stop()
 
@@ -538,3 +537,45 @@ def test_ory_bound_path_on_the_public_api_is_forwarded_under_the_ory_path(
     status, _, _ = send_raw(ory_path_proxy, target, headers=JSON)
     assert status == 200
     assert [request.raw_uri for request in ory_recorder.since(count)] == [expected]
+
+
+def test_ory_bound_request_carries_the_proxy_rewrite_headers_not_the_clients(
+    ory_path_proxy: Gunicorn, ory_recorder: RecordingUpstream
+) -> None:
+    count = len(ory_recorder.seen)
+    forged = {
+        "Ory-Base-URL-Rewrite": "https://evil.example",
+        "Ory-Base-URL-Rewrite-Token": "forged",
+        "Ory-No-Custom-Domain-Redirect": "false",
+    }
+    status, _, _ = send_raw(ory_path_proxy, "/.ory/sessions/whoami", headers={**JSON, **forged})
+    assert status == 200
+    [request] = ory_recorder.since(count)
+    sent = {
+        key: request.headers.get(key)
+        for key in (
+            "HTTP_ORY_BASE_URL_REWRITE",
+            "HTTP_ORY_BASE_URL_REWRITE_TOKEN",
+            "HTTP_ORY_NO_CUSTOM_DOMAIN_REDIRECT",
+        )
+    }
+    assert sent == {
+        "HTTP_ORY_BASE_URL_REWRITE": PUBLIC.rstrip("/") + "/.ory",
+        "HTTP_ORY_BASE_URL_REWRITE_TOKEN": "secret-key",
+        "HTTP_ORY_NO_CUSTOM_DOMAIN_REDIRECT": "true",
+    }
+
+
+@pytest.mark.parametrize("target", ["/.ory/a%2Fb", "/.ory/a%5Cb", "/.ory/a%00b"])
+def test_refused_ory_bound_path_is_logged_as_a_bad_request(proxy: Gunicorn, target: str) -> None:
+    # An attack on the Ory route must be countable in the access log, by its error field.
+    request_id = f"refused-{target.rsplit('%', 1)[1]}"
+    status, _, _ = send_raw(proxy, target, headers={"X-Request-Id": request_id})
+    assert status == 400
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [r for r in log_records(proxy.log()) if r.get("request_id") == request_id]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(r["status"], r.get("error")) for r in lines] == [(400, "bad_request")]

@@ -289,9 +289,10 @@ def test_make_app_with_a_bad_file_raises_config_error(tmp_path: Path) -> None:
         make_app(path)
 
 
-def test_gunicorn_with_a_bad_file_exits_with_the_error_line(tmp_path: Path) -> None:
-    path = toml(tmp_path, '[proxy]\nupstream = "http://127.0.0.1:3000"\nread_timout = "5s"\n')
-    expected = f"{path}: unknown key [proxy] read_timout (did you mean read_timeout?)"
+def start_gunicorn(
+    tmp_path: Path, path: Path, *options: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """gunicorn serving make_app(`path`) with `options`, run to its exit (a bad start)."""
     command = [
         sys.executable,
         "-m",
@@ -299,16 +300,23 @@ def test_gunicorn_with_a_bad_file_exits_with_the_error_line(tmp_path: Path) -> N
         "--bind",
         f"127.0.0.1:{free_port()}",
         "--no-control-socket",
+        *options,
         f'ory_wsgi:make_app("{path}")',
     ]
-    result = subprocess.run(
+    return subprocess.run(
         command,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **(env or {})},
     )
+
+
+def test_gunicorn_with_a_bad_file_exits_with_the_error_line(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[proxy]\nupstream = "http://127.0.0.1:3000"\nread_timout = "5s"\n')
+    expected = f"{path}: unknown key [proxy] read_timout (did you mean read_timeout?)"
+    result = start_gunicorn(tmp_path, path, timeout=30)
     assert result.returncode != 0
     assert expected in result.stdout + result.stderr
 
@@ -360,23 +368,8 @@ def test_gunicorn_with_a_bad_setting_prints_one_line_and_exits_4(
     path = toml(tmp_path, text)
     (tmp_path / "open").mkdir(mode=0o777)
     (tmp_path / "open").chmod(0o777)
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{free_port()}",
-        "--no-control-socket",
-        *GUNICORN_STARTS[start],
-        f'ory_wsgi:make_app("{path}")',
-    ]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PORT": str(free_port())},
+    result = start_gunicorn(
+        tmp_path, path, *GUNICORN_STARTS[start], timeout=60, env={"PORT": str(free_port())}
     )
     output = result.stdout + result.stderr
     ours = [line for line in output.splitlines() if expected in line]

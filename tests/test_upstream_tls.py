@@ -19,7 +19,7 @@ import pytest
 import requests
 from certs import TestCA
 from conftest import ProxyFactory
-from servers import ROOT, Gunicorn
+from servers import ROOT, Gunicorn, wait_for_log
 from websockets.sync.client import connect
 from ws_echo import EchoApp
 
@@ -65,13 +65,6 @@ def config(upstream: str, **tls: str | Path) -> str:
     lines = [f'upstream = "{upstream}"', 'read_timeout = "5s"']
     lines += [f'upstream_{key} = "{value}"' for key, value in tls.items()]
     return "[proxy]\n" + "\n".join(lines) + "\n"
-
-
-def wait_for_log(server: Gunicorn, text: str) -> str:
-    deadline = time.monotonic() + 5
-    while text not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server.log()
 
 
 def test_an_app_signed_by_a_private_ca_is_reached_with_upstream_ca_file(
@@ -167,13 +160,18 @@ def test_a_client_certificate_from_another_ca_gets_502(
     assert "unknown ca" in log and "[proxy] upstream_client_cert" in log
 
 
-def test_websockets_reach_a_tls_app_signed_by_a_private_ca(
-    start_proxy: ProxyFactory, ca: TestCA
-) -> None:
+def tls_echo(ca: TestCA) -> EchoApp:
+    """A websocket echo app serving TLS with a certificate for 127.0.0.1 signed by `ca`."""
     cert, key = ca.issue("ws-app", "127.0.0.1")
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
-    echo = EchoApp(tls=server_tls)
+    return EchoApp(tls=server_tls)
+
+
+def test_websockets_reach_a_tls_app_signed_by_a_private_ca(
+    start_proxy: ProxyFactory, ca: TestCA
+) -> None:
+    echo = tls_echo(ca)
     try:
         proxy = start_proxy(config(echo.url, ca_file=ca.cert))
         big = bytes(range(256)) * 1000  # several TLS records each way
@@ -189,10 +187,7 @@ def test_websockets_reach_a_tls_app_signed_by_a_private_ca(
 def test_a_websocket_to_an_untrusted_tls_app_gets_502(
     start_proxy: ProxyFactory, ca: TestCA
 ) -> None:
-    cert, key = ca.issue("ws-app", "127.0.0.1")
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    echo = EchoApp(tls=server_tls)
+    echo = tls_echo(ca)
     try:
         proxy = start_proxy(config(echo.url))  # system CAs only
         answer = requests.get(

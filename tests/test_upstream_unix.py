@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ProxyFactory
-from servers import Gunicorn
+from servers import Gunicorn, wait_for_log
 from websockets.sync.client import connect
 from ws_echo import EchoApp
 
@@ -46,13 +46,6 @@ def config(upstream: str, extra: str = "", read_timeout: str = "2s") -> str:
         f'[proxy]\nupstream = "{upstream}"\npublic_url = "https://app.example.com"\n'
         f'read_timeout = "{read_timeout}"\n{extra}'
     )
-
-
-def wait_for_log(server: Gunicorn, text: str) -> str:
-    deadline = time.monotonic() + 5
-    while text not in server.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server.log()
 
 
 def test_requests_reach_an_app_on_a_unix_socket_with_the_clients_host(

@@ -18,7 +18,7 @@ import requests
 from certs import TestCA
 from joserfc import jwt
 from ory_flows import PASSWORD, jwks
-from servers import Gunicorn, ThreadedServer, free_port, log_records
+from servers import Gunicorn, ThreadedServer, free_port, log_records, proxy_gunicorn
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from ws_echo import EchoApp
@@ -468,10 +468,10 @@ def switch() -> Iterator[FakeSwitch]:
 def switch_proxy(
     switch: FakeSwitch, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gunicorn]:
-    directory = tmp_path_factory.mktemp("switch")
-    config = directory / "ory.toml"
-    config.write_text(f'[proxy]\nupstream = "{switch.url}"\nread_timeout = "5s"\n')
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=directory)
+    server = proxy_gunicorn(
+        tmp_path_factory.mktemp("switch"),
+        f'[proxy]\nupstream = "{switch.url}"\nread_timeout = "5s"\n',
+    )
     yield server
     server.stop()
 

@@ -4,6 +4,8 @@
     lookup = cache.get(credentials, lambda: client.whoami(credentials, request_id))
 
 One cache per worker, built in make_app; keys are credential digests, never secrets.
+A `shared` tier (the fleet's Redis store, `ory_wsgi.fleet`) may sit behind it:
+a miss asks the tier, which asks Ory only when the fleet has no answer either.
 """
 
 from __future__ import annotations
@@ -12,8 +14,25 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from ory_wsgi.ory.client import Credentials, Lookup
+
+
+def cache_lifetime(lookup: Lookup, ttl: float, negative_ttl: float) -> float:
+    """Seconds `lookup` may be cached: `ttl` but never past the session's expiry,
+    `negative_ttl` for a 401, 0 for anything else (errors, 429, aal2 are not cached).
+
+    Shared by this cache and the fleet's Redis store so both tiers agree.
+    """
+    if lookup.outcome == "authenticated":
+        lifetime = ttl
+        if lookup.expires_at is not None:
+            lifetime = min(lifetime, lookup.expires_at - time.time())
+        return lifetime
+    if lookup.outcome == "anonymous":
+        return negative_ttl
+    return 0.0
 
 
 class _Flight:
@@ -26,6 +45,12 @@ class _Flight:
         self.lookup: Lookup | None = None
         self.error: BaseException | None = None
         self.dropped = False
+
+
+class SharedTier(Protocol):
+    """What a miss of this cache asks instead of calling `fetch` itself."""
+
+    def get(self, credentials: Credentials, fetch: Callable[[], Lookup]) -> Lookup: ...
 
 
 class SessionCache:
@@ -52,6 +77,7 @@ class SessionCache:
         self._entries: OrderedDict[bytes, tuple[float, Lookup]] = OrderedDict()
         self._flights: dict[bytes, _Flight] = {}
         self._lock = threading.Lock()
+        self.shared: SharedTier | None = None
 
     def get(self, credentials: Credentials, fetch: Callable[[], Lookup]) -> Lookup:
         key = credentials.cache_key
@@ -73,7 +99,7 @@ class SessionCache:
             assert flight.lookup is not None
             return flight.lookup
         try:
-            lookup = fetch()
+            lookup = fetch() if self.shared is None else self.shared.get(credentials, fetch)
         except BaseException as exc:
             flight.error = exc
             with self._lock:
@@ -81,7 +107,7 @@ class SessionCache:
             flight.done.set()
             raise
         flight.lookup = lookup
-        lifetime = self._lifetime(lookup)
+        lifetime = cache_lifetime(lookup, self.ttl, self.negative_ttl)
         with self._lock:
             del self._flights[key]
             if lifetime > 0 and not flight.dropped:
@@ -94,7 +120,10 @@ class SessionCache:
 
     def drop(self, credentials: Credentials) -> None:
         """Forget this session (logout); a call under way for it will not be kept either."""
-        key = credentials.cache_key
+        self.drop_key(credentials.cache_key)
+
+    def drop_key(self, key: bytes) -> None:
+        """`drop` by credential digest (a revocation names digests, never credentials)."""
         with self._lock:
             self._entries.pop(key, None)
             flight = self._flights.get(key)
@@ -107,13 +136,3 @@ class SessionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def _lifetime(self, lookup: Lookup) -> float:
-        if lookup.outcome == "authenticated":
-            lifetime = self.ttl
-            if lookup.expires_at is not None:
-                lifetime = min(lifetime, lookup.expires_at - time.time())
-            return lifetime
-        if lookup.outcome == "anonymous":
-            return self.negative_ttl
-        return 0.0

@@ -141,15 +141,28 @@ class LoggedBody:
 
     def close(self) -> None:
         record = self.record
-        # A write to the client that failed reaches close() with its error still in flight:
-        # gunicorn and werkzeug call close() from a `finally`. A server that stopped
-        # iterating for any other reason (the client had its redirect and dropped the rest)
-        # did not see the client abort, and the answer it sent is the one to log.
-        write_failed = not self.finished and isinstance(sys.exc_info()[1], OSError)
+        failed = write_failed(self.finished)
         try:
             close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         finally:
-            gone = write_failed or record.environ.get("ory.client_gone")
-            record.write(499 if gone else record.status)
+            record.write(status_sent(record.environ, record.status, failed))
+
+
+# The 499 rule, shared with the metrics (ory_wsgi.metrics.MeasuredBody).
+def write_failed(finished: bool) -> bool:
+    """Whether close() runs because a write to the client failed; call it before closing.
+
+    A failed write reaches close() with its error still in flight: gunicorn and
+    werkzeug call close() from a `finally`. A server that stopped iterating for
+    any other reason (the client had its redirect and dropped the rest) did not
+    see the client abort.
+    """
+    return not finished and isinstance(sys.exc_info()[1], OSError)
+
+
+def status_sent(environ: WSGIEnvironment, status: int, write_failed: bool) -> int:
+    """The status to count: 499 when the client went away (a failed write, or a request
+    body that stopped short), else the one it was answered with."""
+    return 499 if write_failed or environ.get("ory.client_gone") else status

@@ -9,11 +9,16 @@ envelope), `redirect` (e.g. to the login page with `return_to`),
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ory_wsgi.pipeline.error_handlers.json import JsonErrorHandler
 from ory_wsgi.pipeline.error_handlers.redirect import RedirectErrorHandler
 from ory_wsgi.pipeline.error_handlers.www_authenticate import WwwAuthenticateErrorHandler
+from ory_wsgi.pipeline.handler import ErrorHandler
+from ory_wsgi.pipeline.services import Services
 
-ERROR_HANDLERS: dict[str, type] = {
+# Built once per rule set as `cls(services)`; then `prepare` once per rule.
+ERROR_HANDLERS: dict[str, Callable[[Services], ErrorHandler]] = {
     "json": JsonErrorHandler,
     "redirect": RedirectErrorHandler,
     "www_authenticate": WwwAuthenticateErrorHandler,

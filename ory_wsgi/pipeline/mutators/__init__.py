@@ -9,12 +9,17 @@ app's environ. All must succeed; a failure refuses the request (500, closed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ory_wsgi.pipeline.handler import Mutator
 from ory_wsgi.pipeline.mutators.cookie import CookieMutator
 from ory_wsgi.pipeline.mutators.header import HeaderMutator
 from ory_wsgi.pipeline.mutators.id_token import IdTokenMutator
 from ory_wsgi.pipeline.mutators.noop import NoopMutator
+from ory_wsgi.pipeline.services import Services
 
-MUTATORS: dict[str, type] = {
+# Built once per rule set as `cls(services)`; then `prepare` once per rule.
+MUTATORS: dict[str, Callable[[Services], Mutator]] = {
     "id_token": IdTokenMutator,
     "header": HeaderMutator,
     "cookie": CookieMutator,

@@ -4,7 +4,8 @@
 
 The upstream's `Cookie` header becomes the rule's cookies (in config order)
 followed by the client's other cookies, passed as sent; a client cookie with
-the name of a rule cookie is dropped, so a client cannot choose its value.
+the name of a rule cookie is dropped (also when hidden after a comma, for
+parsers that split there), so a client cannot choose its value.
 When an earlier mutator already set `Cookie`, that header is the base instead
 of the client's.
 
@@ -91,6 +92,10 @@ class CookieMutator:
             base = "; ".join(request.headers.getlist("Cookie"))
         for part in base.split(";"):
             part = part.strip()
-            if part and part.partition("=")[0].strip() not in prepared.names:
+            # Parsers that also split on "," (Python's SimpleCookie) must not find a
+            # client's copy of a rule cookie either: `x=1, user=forged` goes too.
+            if part and not any(
+                piece.partition("=")[0].strip() in prepared.names for piece in part.split(",")
+            ):
                 parts.append(part)
         session.header["Cookie"] = "; ".join(parts)

@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,18 @@ log = logging.getLogger("ory_wsgi.pipeline.mutators")
 KEYS = ("issuer_url", "ttl", "audience", "claims", "only_with_session", "jwks_url")
 OURS = frozenset({"iss", "sub", "iat", "nbf", "exp", "jti"})
 MAX_TTL = 366 * 24 * 3600.0
+MAX_MINTERS = 256
 
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-_GO_UNITS["h"] = 3600.0
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
 _GO_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_DURATION_RE = re.compile(rf"(?:{_GO_PART_RE.pattern})+")
 
@@ -87,7 +97,7 @@ class IdTokenMutator:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._minters: dict[tuple[str, str, float, str], TokenMinter] = {}
+        self._minters: OrderedDict[tuple[str, str, float, str], TokenMinter] = OrderedDict()
         self._lock = threading.Lock()
         self._warned_jwks_url = False
 
@@ -114,7 +124,9 @@ class IdTokenMutator:
         key = (issuer, audience, ttl, source)
         with self._lock:
             minter = self._minters.get(key)
-            if minter is None:
+            if minter is not None:
+                self._minters.move_to_end(key)
+            else:
                 minter = TokenMinter(
                     keys,
                     issuer,
@@ -125,6 +137,10 @@ class IdTokenMutator:
                     default_audience=jwt.audience,
                 )
                 self._minters[key] = minter
+                # Reloads with edited configs must not pile up minters (and their
+                # caches); a rule already prepared keeps its own.
+                while len(self._minters) > MAX_MINTERS:
+                    self._minters.popitem(last=False)
         return PreparedIdToken(where, minter, claims, boolean(config, "only_with_session", where))
 
     def mutate(self, request: RequestFacts, session: AuthSession, prepared: Any) -> None:
