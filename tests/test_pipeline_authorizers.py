@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from ory_wsgi.pipeline.authorizers import AUTHORIZERS
 from ory_wsgi.pipeline.errors import DecisionError
 from ory_wsgi.pipeline.state import AuthSession
 from ory_wsgi.rules.template import MatchContext, RequestURL
+from ory_wsgi.testing.keto import FakeKeto
 
 WHERE = 'rule "r1" authorizer'
 
@@ -107,4 +112,167 @@ def test_claims_config_is_checked_at_load(config: dict[str, Any], message: str) 
     handler = AUTHORIZERS["claims"](make_services(None))
     with pytest.raises(ConfigError, match=message) as failed:
         handler.prepare(config, WHERE)
+    assert WHERE in str(failed.value)
+
+
+def permissions(fake_keto: FakeKeto, **config: Any) -> tuple[Any, Any]:
+    handler = AUTHORIZERS["ory_permissions"](make_services(None))
+    settings = {
+        "url": fake_keto.url,
+        "namespace": "documents",
+        "object": "{{ index .MatchContext.RegexpCaptureGroups 0 }}",
+        "relation": "view",
+        "subject_id": "{{ .Subject }}",
+        **config,
+    }
+    return handler, handler.prepare(settings, WHERE)
+
+
+def refusal(handler: Any, session: AuthSession, prepared: Any) -> DecisionError:
+    with pytest.raises(DecisionError) as refused:
+        handler.authorize(facts(), session, prepared)
+    return refused.value
+
+
+def test_permissions_allow_a_granted_tuple_rendered_from_captures_and_session(
+    fake_keto: FakeKeto,
+) -> None:
+    ada = session_with(("doc-1",))
+    fake_keto.add("documents", "doc-1", "view", subject_id=ada.subject)
+    handler, prepared = permissions(fake_keto)
+    handler.authorize(facts(), ada, prepared)
+    # Another object, another subject: not granted, 403.
+    for other in (session_with(("doc-2",)), AuthSession(ada.match, subject="someone-else")):
+        error = refusal(handler, other, prepared)
+        assert (error.status, error.error_id) == (403, "forbidden")
+
+
+def test_permissions_subject_set_and_session_fields(fake_keto: FakeKeto) -> None:
+    fake_keto.add("documents", "doc-1", "edit", subject_set=("teams", "ops", "member"))
+    handler, prepared = permissions(
+        fake_keto,
+        relation="edit",
+        subject_id=None,
+        subject_set={
+            "namespace": "teams",
+            "object": "{{ .Extra.identity.traits.team }}",
+            "relation": "member",
+        },
+    )
+    handler.authorize(facts(), session_with(("doc-1",), traits={"team": "ops"}), prepared)
+    assert (
+        refusal(handler, session_with(("doc-1",), traits={"team": "dev"}), prepared).status == 403
+    )
+    # No team at all renders an empty object: refused without asking Keto.
+    calls = fake_keto.check_calls
+    assert refusal(handler, session_with(("doc-1",), traits={}), prepared).status == 403
+    assert fake_keto.check_calls == calls
+
+
+def test_permissions_cache_answers_per_tuple_denials_too(fake_keto: FakeKeto) -> None:
+    ada = session_with(("doc-1",))
+    fake_keto.add("documents", "doc-1", "view", subject_id=ada.subject)
+    handler, prepared = permissions(fake_keto, cache={"ttl": "0.3s"})
+    for _ in range(5):
+        handler.authorize(facts(), ada, prepared)
+        refusal(handler, session_with(("doc-2",)), prepared)
+    assert fake_keto.check_calls == 2  # one per tuple
+    # A revoked permission is seen once the TTL has passed.
+    fake_keto.remove("documents", "doc-1", "view", ada.subject)
+    handler.authorize(facts(), ada, prepared)
+    time.sleep(0.35)
+    assert refusal(handler, ada, prepared).status == 403
+    assert fake_keto.check_calls == 3
+
+
+def test_permissions_cache_off_asks_every_time(fake_keto: FakeKeto) -> None:
+    handler, prepared = permissions(fake_keto, cache={"ttl": "0s"})
+    for _ in range(3):
+        refusal(handler, session_with(("doc-1",)), prepared)
+    assert fake_keto.check_calls == 3
+
+
+def test_permissions_single_flight_under_threads(fake_keto: FakeKeto) -> None:
+    ada = session_with(("doc-1",))
+    fake_keto.add("documents", "doc-1", "view", subject_id=ada.subject)
+    fake_keto.delay = 0.5
+    handler, prepared = permissions(fake_keto)
+    allowed: list[bool] = []
+
+    def check() -> None:
+        handler.authorize(facts(), ada, prepared)
+        allowed.append(True)
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert allowed == [True] * 8
+    assert fake_keto.check_calls == 1
+
+
+def test_permissions_keto_down_is_503_with_retry_after_and_one_log_line(
+    fake_keto: FakeKeto, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    handler = AUTHORIZERS["ory_permissions"](make_services(None))
+    prepared = handler.prepare(
+        {
+            "url": f"http://127.0.0.1:{port}",
+            "namespace": "documents",
+            "object": "doc-1",
+            "relation": "view",
+            "subject_id": "{{ .Subject }}",
+        },
+        WHERE,
+    )
+    with caplog.at_level(logging.ERROR, logger="ory_wsgi.pipeline"):
+        error = refusal(handler, session_with(), prepared)
+    assert error.status == 503 and error.header("Retry-After") == "5"
+    assert len(caplog.records) == 1 and "unreachable" in caplog.records[0].getMessage()
+    # Keto answering 5xx, a timeout or garbage is closed the same way, and never cached.
+    fake_keto.fail_checks(500)
+    handler, prepared = permissions(fake_keto, object="doc-1")
+    assert refusal(handler, session_with(), prepared).status == 503
+    fake_keto.reset()
+    fake_keto.delay = 1.0
+    handler, prepared = permissions(fake_keto, object="doc-1", timeout="0.2s")
+    assert refusal(handler, session_with(), prepared).status == 503
+    fake_keto.reset()
+    fake_keto.add("documents", "doc-1", "view", subject_id=session_with().subject)
+    handler.authorize(facts(), session_with(), prepared)
+
+
+def test_permissions_429_is_passed_on_with_retry_after(fake_keto: FakeKeto) -> None:
+    fake_keto.fail_checks(429, retry_after="9")
+    handler, prepared = permissions(fake_keto, object="doc-1")
+    error = refusal(handler, session_with(), prepared)
+    assert error.status == 429 and error.header("Retry-After") == "9"
+    assert refusal(handler, session_with(), prepared).status == 429
+    assert fake_keto.check_calls == 2  # not cached
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"url": "ftp://keto"}, "url must be"),
+        ({"url": ""}, "url must be"),
+        ({"namespace": ""}, "namespace is required"),
+        ({"subject_id": None}, "exactly one of subject_id or subject_set"),
+        ({"subject_set": {"namespace": "a", "object": "b", "relation": "c"}}, "exactly one"),
+        ({"object": "{{ .Nope }}"}, "object"),
+        ({"cache": {"ttl": "soon"}}, "cache.ttl"),
+        ({"cache": {"size": 3}}, "unknown config key"),
+        ({"timeout": "0s"}, "timeout must be"),
+        ({"subjectid": "x"}, "unknown config key"),
+    ],
+)
+def test_permissions_config_is_checked_at_load(
+    fake_keto: FakeKeto, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as failed:
+        permissions(fake_keto, **changes)
     assert WHERE in str(failed.value)
