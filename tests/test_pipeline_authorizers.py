@@ -6,11 +6,14 @@ import logging
 import socket
 import threading
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from test_keys import make_session
 from test_pipeline_mutators import facts, make_services
+from test_rules_loader import load
 from werkzeug.datastructures import Headers
 
 from ory_wsgi.errors import ConfigError
@@ -276,3 +279,46 @@ def test_permissions_config_is_checked_at_load(
     with pytest.raises(ConfigError, match=message) as failed:
         permissions(fake_keto, **changes)
     assert WHERE in str(failed.value)
+
+
+def doc_rule(handler: str) -> dict[str, Any]:
+    """The [[rule]] example of docs/rules-handlers.md whose authorizer is `handler`."""
+    text = (Path(__file__).parent.parent / "docs" / "rules-handlers.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
+    rules = [tomllib.loads(b)["rule"][0] for b in blocks]
+    return next(r for r in rules if r["authorizer"]["handler"] == handler)
+
+
+def test_the_claims_example_in_the_docs() -> None:
+    rule = doc_rule("claims")
+    handler = AUTHORIZERS["claims"](make_services(None))
+    prepared = handler.prepare(rule["authorizer"]["config"], WHERE)
+    addresses = [{"verified": False}, {"verified": True}]
+    handler.authorize(
+        facts(),
+        session_with(metadata_public={"role": "admin"}, verifiable_addresses=addresses),
+        prepared,
+    )
+    unverified = session_with(
+        metadata_public={"role": "admin"}, verifiable_addresses=[{"verified": False}]
+    )
+    assert refusal(handler, unverified, prepared).status == 403
+
+
+def test_the_ory_permissions_example_in_the_docs(fake_keto: FakeKeto) -> None:
+    rule = doc_rule("ory_permissions")
+    config = {**rule["authorizer"]["config"], "url": fake_keto.url}
+    handler = AUTHORIZERS["ory_permissions"](make_services(None))
+    prepared = handler.prepare(config, WHERE)
+    ada = session_with(("doc-1",))
+    fake_keto.add("documents", "doc-1", "view", subject_id=ada.subject)
+    handler.authorize(facts(), ada, prepared)
+    assert refusal(handler, session_with(("doc-2",)), prepared).status == 403
+
+
+def test_the_rule_examples_in_the_docs_load_as_rules(tmp_path: Path) -> None:
+    text = (Path(__file__).parent.parent / "docs" / "rules-handlers.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
+    rule_set = load(tmp_path, "[access_rules]\n" + "\n".join(blocks))
+    assert [r.id for r in rule_set.rules] == ["admin-area", "documents"]
+    assert rule_set.invalid == ()
