@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_httpserver import HTTPServer
 from test_keys import make_session
 from test_pipeline_mutators import facts, make_services
 from test_rules_loader import load
@@ -322,3 +323,71 @@ def test_the_rule_examples_in_the_docs_load_as_rules(tmp_path: Path) -> None:
     rule_set = load(tmp_path, "[access_rules]\n" + "\n".join(blocks))
     assert [r.id for r in rule_set.rules] == ["admin-area", "documents"]
     assert rule_set.invalid == ()
+
+
+def remote_json(url: str, **config: Any) -> tuple[Any, Any]:
+    handler = AUTHORIZERS["remote_json"](make_services(None))
+    settings = {
+        "remote": url,
+        "payload": '{"subject": "{{ .Subject }}", "object": "{{ index '
+        '.MatchContext.RegexpCaptureGroups 0 }}"}',
+        "headers": {"x-api-key": "k-1"},
+        "forward_response_headers_to_upstream": ["X-Tenant"],
+        **config,
+    }
+    return handler, handler.prepare(settings, WHERE)
+
+
+def test_remote_json_posts_the_rendered_payload_and_its_status_decides(
+    httpserver: HTTPServer,
+) -> None:
+    ada = session_with(('doc-"1',))
+    sent = {"subject": ada.subject, "object": 'doc-"1'}
+    httpserver.expect_request(
+        "/check", method="POST", json=sent, headers={"X-Api-Key": "k-1"}
+    ).respond_with_data("", 200, headers={"X-Tenant": "acme", "X-Other": "no"})
+    handler, prepared = remote_json(httpserver.url_for("/check"))
+    handler.authorize(facts(), ada, prepared)
+    # The quote in the capture group stayed inside its string; the header was forwarded.
+    assert ada.header == {"X-Tenant": "acme"}
+    httpserver.clear()
+    for status, expected in ((403, 403), (429, 429), (500, 503), (404, 503), (302, 503)):
+        httpserver.expect_request("/check").respond_with_data(
+            "", status, headers={"Retry-After": "7"}
+        )
+        error = refusal(handler, ada, prepared)
+        assert error.status == expected, status
+        if expected == 429:
+            assert error.header("Retry-After") == "7"
+        if expected == 503:
+            assert error.header("Retry-After") == "5"
+        httpserver.clear()
+
+
+def test_remote_json_unreachable_is_503_after_retrying_until_give_up_after() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    handler, prepared = remote_json(
+        f"http://127.0.0.1:{port}/check", retry={"give_up_after": "0.3s"}
+    )
+    started = time.monotonic()
+    error = refusal(handler, session_with(("d",)), prepared)
+    assert error.status == 503
+    assert 0.25 <= time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"remote": "file:///etc/passwd"}, "remote must be"),
+        ({"payload": ""}, "payload must be"),
+        ({"headers": {"Bad Name": "x"}}, "not a header name"),
+        ({"retry": {"max_delay": "0s"}}, "max_delay must be"),
+        ({"retry": {"tries": 3}}, "unknown config key"),
+        ({"forward_response_headers_to_upstream": "X-A"}, "must be a list"),
+    ],
+)
+def test_remote_json_config_is_checked_at_load(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        remote_json("http://127.0.0.1:1/check", **changes)

@@ -1,6 +1,7 @@
-"""Authorizers by name: may this subject do this? `allow`, `deny`, `claims`, `ory_permissions`.
+"""Authorizers by name: may this subject do this? `allow`, `deny`, `claims`,
+`ory_permissions`, `remote_json`.
 
-Open for more: `remote` and `remote_json` come next; the pipeline only needs the
+Open for more: `remote` comes next; the pipeline only needs the
 `Authorizer` protocol.
 """
 
@@ -12,10 +13,12 @@ from ory_wsgi.pipeline.authorizers.allow import Allow
 from ory_wsgi.pipeline.authorizers.claims import Claims
 from ory_wsgi.pipeline.authorizers.deny import Deny
 from ory_wsgi.pipeline.authorizers.ory_permissions import OryPermissions
+from ory_wsgi.pipeline.authorizers.remote_json import RemoteJson
 
 AUTHORIZERS: dict[str, type[Any]] = {
     "allow": Allow,
     "claims": Claims,
     "deny": Deny,
     "ory_permissions": OryPermissions,
+    "remote_json": RemoteJson,
 }
