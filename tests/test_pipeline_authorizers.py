@@ -321,7 +321,7 @@ def test_the_rule_examples_in_the_docs_load_as_rules(tmp_path: Path) -> None:
     text = (Path(__file__).parent.parent / "docs" / "rules-handlers.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
     rule_set = load(tmp_path, "[access_rules]\n" + "\n".join(blocks))
-    assert [r.id for r in rule_set.rules] == ["admin-area", "documents"]
+    assert [r.id for r in rule_set.rules] == ["admin-area", "documents", "reports"]
     assert rule_set.invalid == ()
 
 
@@ -391,3 +391,16 @@ def test_remote_json_unreachable_is_503_after_retrying_until_give_up_after() -> 
 def test_remote_json_config_is_checked_at_load(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         remote_json("http://127.0.0.1:1/check", **changes)
+
+
+def test_the_remote_json_example_in_the_docs(httpserver: HTTPServer) -> None:
+    config = {**doc_rule("remote_json")["authorizer"]["config"]}
+    config["remote"] = httpserver.url_for("/check")
+    handler = AUTHORIZERS["remote_json"](make_services(None))
+    prepared = handler.prepare(config, WHERE)
+    ada = session_with(("q3",))
+    httpserver.expect_request(
+        "/check", json={"subject": ada.subject, "report": "q3"}, headers={"X-Api-Key": "change-me"}
+    ).respond_with_data("", 200, headers={"X-Tenant": "acme"})
+    handler.authorize(facts(), ada, prepared)
+    assert ada.header == {"X-Tenant": "acme"}
