@@ -11,16 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pipeline_app import client, registry, services
 from pytest_httpserver import HTTPServer
 from test_keys import make_session
+from test_ory_client import IDENTITY_ID, kratos_session
 from test_pipeline_mutators import facts, make_services
 from test_rules_loader import load
 from werkzeug.datastructures import Headers
 
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.pipeline.authorizers import AUTHORIZERS
+from ory_wsgi.pipeline.decision import Pipeline
 from ory_wsgi.pipeline.errors import DecisionError
 from ory_wsgi.pipeline.state import AuthSession
+from ory_wsgi.rules.matcher import Matcher
+from ory_wsgi.rules.model import AccessRule, Handler, Match, RuleSet
 from ory_wsgi.rules.template import MatchContext, RequestURL
 from ory_wsgi.testing.keto import FakeKeto
 
@@ -404,3 +409,38 @@ def test_the_remote_json_example_in_the_docs(httpserver: HTTPServer) -> None:
     ).respond_with_data("", 200, headers={"X-Tenant": "acme"})
     handler.authorize(facts(), ada, prepared)
     assert ada.header == {"X-Tenant": "acme"}
+
+
+def test_a_rule_with_ory_permissions_through_the_pipeline(
+    ory: HTTPServer, fake_keto: FakeKeto
+) -> None:
+    ory.expect_request("/sessions/whoami").respond_with_json(kratos_session())
+    rule = AccessRule(
+        id="docs",
+        source="test",
+        match=Match(("GET",), "http://localhost/docs/<[^/]+>"),
+        authenticators=(Handler("cookie_session"),),
+        authorizer=Handler(
+            "ory_permissions",
+            {
+                "url": fake_keto.url,
+                "namespace": "documents",
+                "object": "{{ index .MatchContext.RegexpCaptureGroups 0 }}",
+                "relation": "view",
+                "subject_id": "{{ .Subject }}",
+            },
+        ),
+        mutators=(Handler("noop"),),
+    )
+    svc = services(ory.url_for("/"))
+    matcher = Matcher(RuleSet((rule,), default_rule=""))
+    web = client(Pipeline(registry(svc), lambda: matcher, trusted=True))
+    fake_keto.add("documents", "doc-1", "view", subject_id=IDENTITY_ID)
+    cookie = {"Cookie": "ory_kratos_session=secret-session"}
+    assert web.get("/docs/doc-1", headers=cookie).status_code == 200
+    assert web.get("/docs/doc-2", headers=cookie).status_code == 403
+    assert web.get("/docs/doc-1", headers=cookie).status_code == 200
+    assert fake_keto.check_calls == 2
+    fake_keto.fail_checks(503)
+    down = web.get("/docs/doc-3", headers=cookie)
+    assert down.status_code == 503 and down.headers["Retry-After"] == "5"
