@@ -369,6 +369,16 @@ def test_remote_json_posts_the_rendered_payload_and_its_status_decides(
         httpserver.clear()
 
 
+def test_remote_json_header_templates_cannot_split_the_request(httpserver: HTTPServer) -> None:
+    handler, prepared = remote_json(
+        httpserver.url_for("/check"), headers={"X-Who": "{{ .Extra.identity.traits.name }}"}
+    )
+    for name in ("a\r\nX-Admin: 1", "a\nb", "a\x00b"):
+        error = refusal(handler, session_with(("d",), traits={"name": name}), prepared)
+        assert error.status == 500, repr(name)
+    assert len(httpserver.log) == 0
+
+
 def test_remote_json_unreachable_is_503_after_retrying_until_give_up_after() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))

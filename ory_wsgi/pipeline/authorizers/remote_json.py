@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ory_wsgi.errors import ConfigError, UpstreamError
+from ory_wsgi.errors import BadRequest, ConfigError, UpstreamError
 from ory_wsgi.pipeline.errors import DecisionError, internal
 from ory_wsgi.pipeline.handler import Config
 from ory_wsgi.pipeline.handler_config import (
@@ -157,6 +157,10 @@ class RemoteJson:
             try:
                 response = prepared.pool.request("POST", prepared.target, headers, body)
                 break
+            except BadRequest as exc:
+                # A header template rendered a line break (from session data): never sent.
+                log.error("%s: %s; refused", where, exc)
+                raise internal("A header of the authorizer could not be sent") from None
             except UpstreamError as exc:
                 left = deadline - time.monotonic()
                 if left > 0:
