@@ -1,4 +1,4 @@
-"""pytest plugin: the `fake_ory` fixture, a local Ory (Kratos) stand-in on a free port.
+"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port, and `fake_keto`.
 
 Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
 runs for the whole test session; each test gets it empty (no identities, sessions, counters or
@@ -31,6 +31,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ory_wsgi.testing.keto import FakeKeto, FakeKetoServer, serve_keto
 from ory_wsgi.testing.kratos import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer, serve
 
@@ -50,3 +51,23 @@ def fake_ory(fake_ory_server: FakeKratosServer) -> Iterator[FakeKratos]:
     kratos.reset()
     yield kratos
     kratos.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_keto_server() -> Iterator[FakeKetoServer]:
+    """The Keto stand-in's server, started once per test session on a free loopback port."""
+    server = serve_keto("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_keto(fake_keto_server: FakeKetoServer) -> Iterator[FakeKeto]:
+    """A local Keto with no tuples: `.add(...)`, `.check_calls`, `.fail_checks(503)`.
+
+    `fake_keto.url` is its read API base URL: the `ory_permissions` authorizer's `url`.
+    """
+    keto = fake_keto_server.keto
+    keto.reset()
+    yield keto
+    keto.reset()

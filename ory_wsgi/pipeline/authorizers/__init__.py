@@ -1,7 +1,8 @@
-"""Authorizers by name: may this subject do this? `allow` and `deny`.
+"""Authorizers by name: may this subject do this? `allow`, `deny`, `claims`,
+`ory_permissions`, `remote_json`.
 
-Open for more: part two adds `remote`, `remote_json`, `ory_permissions` and
-`claims` to this dict; the pipeline only needs the `Authorizer` protocol.
+Open for more: `remote` comes next; the pipeline only needs the
+`Authorizer` protocol.
 """
 
 from __future__ import annotations
@@ -9,6 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from ory_wsgi.pipeline.authorizers.allow import Allow
+from ory_wsgi.pipeline.authorizers.claims import Claims
 from ory_wsgi.pipeline.authorizers.deny import Deny
+from ory_wsgi.pipeline.authorizers.ory_permissions import OryPermissions
+from ory_wsgi.pipeline.authorizers.remote_json import RemoteJson
 
-AUTHORIZERS: dict[str, type[Any]] = {"allow": Allow, "deny": Deny}
+AUTHORIZERS: dict[str, type[Any]] = {
+    "allow": Allow,
+    "claims": Claims,
+    "deny": Deny,
+    "ory_permissions": OryPermissions,
+    "remote_json": RemoteJson,
+}

@@ -1,0 +1,90 @@
+"""A per-worker cache of answers from a decision service: TTL, LRU and single-flight.
+
+    cache = DecisionCache(lifetime=lambda allowed: 5.0, max_entries=10000)
+    allowed = cache.get(("files", "doc-1", "view", "user:ada"), lambda: keto.check(...))
+
+Keys are any hashable value that names the question (a rendered Keto tuple);
+`lifetime(answer)` says how many seconds to keep an answer (0 or less: not at
+all), so a handler can keep a denial shorter than an allowance or stop at a
+token's expiry. Concurrent `get`s of a key that is not cached share one
+`fetch`: the others wait for its answer, or its exception, which they all
+raise and which is never kept (a service that is down is asked again by the
+next request). At most `max_entries` answers are kept, the least recently used
+going first. The approach is ory_wsgi.ory.cache.SessionCache's, made generic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class _Flight(Generic[V]):
+    """One fetch under way, that later callers of the same key wait for."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: V | None = None
+        self.error: BaseException | None = None
+
+
+class DecisionCache(Generic[V]):
+    """Thread-safe, bounded; one fetch per key at a time. `ttl` 0 via `lifetime` keeps nothing."""
+
+    def __init__(self, lifetime: Callable[[V], float], max_entries: int = 10000) -> None:
+        self.lifetime = lifetime
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._flights: dict[Hashable, _Flight[V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, fetch: Callable[[], V]) -> V:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if entry[0] > time.monotonic():
+                    self._entries.move_to_end(key)
+                    return entry[1]
+                del self._entries[key]
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value  # type: ignore[return-value]
+        try:
+            value = fetch()
+        except BaseException as exc:
+            flight.error = exc
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+            raise
+        flight.value = value
+        lifetime = self.lifetime(value)
+        with self._lock:
+            del self._flights[key]
+            if lifetime > 0:
+                self._entries[key] = (time.monotonic() + lifetime, value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        flight.done.set()
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
