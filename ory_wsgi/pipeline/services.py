@@ -8,13 +8,18 @@ process uses (the logout endpoint drops sessions from the same cache).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ory_wsgi.keys import KeySet
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import OryClient
 from ory_wsgi.ory.rewrite import OryRewriter
+from ory_wsgi.pipeline.decision_cache import DecisionCache
 from ory_wsgi.settings import Settings
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -34,3 +39,15 @@ class Services:
     cache: SessionCache | None
     cookie_names: frozenset[str]
     rewriter: OryRewriter | None = None
+
+    def decision_cache(
+        self, name: str, lifetime: Callable[[V], float], max_entries: int = 10000
+    ) -> DecisionCache[V]:
+        """The cache a handler keeps a service's answers in, built once per handler.
+
+        `name` says whose answers they are ("ory_permissions", "oauth2_introspection"):
+        every handler asks here, so one place decides where answers live (this
+        worker's memory today; the fleet's shared backend when one is configured).
+        """
+        del name
+        return DecisionCache(lifetime, max_entries=max_entries)

@@ -82,11 +82,10 @@ class OryPermissions:
     name = "ory_permissions"
 
     def __init__(self, services: Services, max_entries: int = 10000) -> None:
-        del services
         self._pools: dict[tuple[str, float], UpstreamPool] = {}
         self._pools_lock = threading.Lock()
-        self.cache: DecisionCache[Answer] = DecisionCache(
-            lambda answer: answer.ttl, max_entries=max_entries
+        self.cache: DecisionCache[Answer] = services.decision_cache(
+            self.name, lambda answer: answer.ttl, max_entries=max_entries
         )
 
     def prepare(self, config: Config, where: str) -> Prepared:
