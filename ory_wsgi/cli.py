@@ -369,8 +369,14 @@ def cmd_sessions_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ory_wsgi.demo import run_demo
-
+    try:
+        from ory_wsgi.demo import run_demo
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "requests":
+            raise
+        # The demo's sample app calls Ory with requests, as a user's app would.
+        print("ory-wsgi: the demo needs requests: pip install 'ory_wsgi[demo]'", file=sys.stderr)
+        return 1
     return run_demo(args.port)
 
 

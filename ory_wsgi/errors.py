@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from gunicorn.errors import AppImportError
-
 
 class ConfigError(Exception):
     """A setting is wrong; the message is the one line shown to the operator."""
@@ -12,10 +10,6 @@ class ConfigError(Exception):
         # Key names and values from the file are quoted into the message and may hold
         # line breaks; the operator still gets one line.
         super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-class StartupConfigError(ConfigError, AppImportError):  # type: ignore[misc]
-    """A ConfigError from `make_app`: gunicorn prints its one line and stops, no traceback."""
 
 
 class UpstreamError(Exception):

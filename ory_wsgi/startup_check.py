@@ -25,11 +25,16 @@ judged once, where that cannot happen:
   (`<tmp>/ory-wsgi-<uid>/`), named after the master's pid and start time.
   Where that directory cannot be trusted, every worker reports, as gunicorn
   alone would.
+
+gunicorn is imported only when it is the one running us (it is then in
+`sys.modules` already): the embedded middleware and the dev server call
+`make_app`'s code too, and need not have gunicorn installed.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import stat
 import sys
@@ -38,7 +43,7 @@ import time
 from types import FrameType
 from typing import Any, NoReturn
 
-from ory_wsgi.errors import ConfigError, StartupConfigError
+from ory_wsgi.errors import ConfigError
 
 APP_LOAD_ERROR = 4
 """gunicorn's exit code for "the app failed to load" (`Arbiter.APP_LOAD_ERROR`)."""
@@ -99,7 +104,20 @@ def startup_failure(error: ConfigError) -> NoReturn:
         _exit_with_line(message)
     if where == "worker" and not _first_to_report(os.getppid()):
         _wait_for_master(worker)
-    raise StartupConfigError(message)
+    if "gunicorn.errors" in sys.modules:
+        raise _startup_config_error()(message)
+    raise ConfigError(message)
+
+
+@functools.cache
+def _startup_config_error() -> type[ConfigError]:
+    """A ConfigError that is also gunicorn's AppImportError: it prints the line, no traceback."""
+    from gunicorn.errors import AppImportError
+
+    class StartupConfigError(ConfigError, AppImportError):  # type: ignore[misc]
+        """A ConfigError from `make_app` in a gunicorn worker."""
+
+    return StartupConfigError
 
 
 def _exit_with_line(message: str) -> NoReturn:
