@@ -31,7 +31,8 @@ from django.utils.functional import SimpleLazyObject
 
 from ory_wsgi import middleware as embedded
 from ory_wsgi.django_wsgi import middleware_options, ory_settings
-from ory_wsgi.middleware import EMBEDDED_KEY, Answer, pass_through, run_layers
+from ory_wsgi.middleware import Answer, pass_through, run_layers
+from ory_wsgi.paths import EMBEDDED_KEY
 
 DEFAULT_TRAITS = {"email": "traits.email"}
 AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"

@@ -20,9 +20,8 @@ from ory_wsgi.errors import ConfigError
 from ory_wsgi.headers import TrustedProxies
 from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, environ_keys, strip_claims
 from ory_wsgi.layers import ory_forwarder_for, ory_layers
-from ory_wsgi.paths import compile_rule
+from ory_wsgi.paths import EMBEDDED_KEY, compile_rule
 from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
-from ory_wsgi.wrappers import path_check
 from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import ProxyNamespace
 from ory_wsgi.wrappers.ory_route import OryRoute
@@ -33,9 +32,8 @@ from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 SPOOFABLE_KEYS = IDENTITY_KEYS
 SPOOFABLE_PREFIXES = IDENTITY_PREFIXES
 
-# Set in environ by OryMiddleware: paths are judged after SCRIPT_NAME, and an
-# inner Django middleware does not look twice.
-EMBEDDED_KEY = path_check.EMBEDDED_KEY
+# EMBEDDED_KEY is set in environ by OryMiddleware: paths are judged after
+# SCRIPT_NAME, and an inner Django middleware does not look twice.
 PASSED_KEY = "ory.passed"
 LOGIN_PATH = "/.ory/proxy/login"
 # Names in a framework's ORY_* config that are not TOML keys.

@@ -2,6 +2,9 @@
 
 The same normalised path is used for matching and sent upstream, so that the
 application can never see a path other than the one that was checked.
+In-process (`environ[EMBEDDED_KEY]`) the application routes on the path after
+its mount point: `app_relative_path` is what the rules judge there, and
+`wsgi_path` of it is the `PATH_INFO` the application gets.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.settings import Rule
 
+# Set in environ by the embedded middleware: the app routes on the path after SCRIPT_NAME.
+EMBEDDED_KEY = "ory.embedded"
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 # Spellings some servers or frameworks turn into a separator, a fragment or an
@@ -170,6 +175,32 @@ def _reading(path: str, *, lenient: bool, resolve: bool) -> str:
             continue
         output.append(segment)
     return "/" + "/".join(output)
+
+
+def app_relative_path(path: str, script_name: str) -> str:
+    """The normalised `path` after the mount point `script_name` (WSGI text); "" for the mount.
+
+    Segments are compared decoded and exactly; BadRequest when `path` is not
+    under `script_name`, or `script_name` has dot segments (never a mount point).
+    `SCRIPT_NAME` may come from a client header (gunicorn takes it from one
+    from its `forwarded_allow_ips`), hence the refusals.
+    """
+    mount = [segment for segment in script_name.split("/") if segment]
+    if not mount:
+        return path
+    if any(segment in (".", "..") for segment in mount):
+        raise BadRequest("SCRIPT_NAME has dot segments")
+    segments = path.split("/")[1:]
+    head = [wsgi_path(segment) for segment in segments[: len(mount)]]
+    if head != mount:
+        raise BadRequest("the request path is not under the application's SCRIPT_NAME")
+    rest = segments[len(mount) :]
+    return "/" + "/".join(rest) if rest else ""
+
+
+def wsgi_path(path: str) -> str:
+    """A percent-encoded path as WSGI gives `PATH_INFO`: decoded bytes as latin-1 text."""
+    return unquote_to_bytes(path).decode("latin-1") if "%" in path else path
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.paths import PathRules, lenient_match_paths, normalise_path
+from ory_wsgi.paths import (
+    PathRules,
+    app_relative_path,
+    lenient_match_paths,
+    normalise_path,
+    wsgi_path,
+)
 from ory_wsgi.settings import Rule
 
 
@@ -365,3 +371,51 @@ def test_glob_star_never_crosses_a_slash(tail: str) -> None:
     rules = PathRules([Rule(glob="/files/*")], [])
     expected = "/" not in tail
     assert (rules.protected("/files/" + tail, "GET") is not None) is (expected and tail != "")
+
+
+@pytest.mark.parametrize(
+    ("path", "script_name", "relative"),
+    [
+        ("/app/members", "/app", "/members"),
+        ("/app/members", "/app/", "/members"),
+        ("/app", "/app", ""),
+        ("/app/", "/app", "/"),
+        ("/a/b/c", "/a/b", "/c"),
+        ("/members", "", "/members"),
+        ("/members", "/", "/members"),
+        ("/caf%C3%A9/x", "/caf\xc3\xa9", "/x"),  # SCRIPT_NAME is WSGI text (latin-1)
+    ],
+)
+def test_app_relative_path_is_the_path_after_the_mount(
+    path: str, script_name: str, relative: str
+) -> None:
+    assert app_relative_path(path, script_name) == relative
+
+
+@pytest.mark.parametrize(
+    ("path", "script_name"),
+    [
+        ("/application/members", "/app"),  # a prefix, not a segment
+        ("/APP/members", "/app"),  # segments compare exactly
+        ("/other/app/members", "/app"),
+        ("/app", "/app/members"),
+        ("/app/members", "/app/../admin"),
+        ("/app/members", "/./app"),
+    ],
+)
+def test_app_relative_path_refuses_a_path_not_under_the_mount(path: str, script_name: str) -> None:
+    with pytest.raises(BadRequest):
+        app_relative_path(path, script_name)
+
+
+@pytest.mark.parametrize(
+    ("path", "info"),
+    [
+        ("/members", "/members"),
+        ("/a%2Fb", "/a/b"),
+        ("/caf%C3%A9", "/caf\xc3\xa9"),
+        ("/%25", "/%"),
+    ],
+)
+def test_wsgi_path_decodes_to_latin1_text(path: str, info: str) -> None:
+    assert wsgi_path(path) == info

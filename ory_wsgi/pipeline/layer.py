@@ -30,16 +30,12 @@ from typing import Any
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.ory.client import extract_credentials
+from ory_wsgi.overrides import PATH_OVERRIDE_KEYS
+from ory_wsgi.paths import EMBEDDED_KEY, app_relative_path, wsgi_path
 from ory_wsgi.pipeline.decision import Allow, Pipeline
 from ory_wsgi.pipeline.request import request_facts
 from ory_wsgi.pipeline.shorthand import ShorthandIndex
 from ory_wsgi.pipeline.state import STATE_KEY
-from ory_wsgi.wrappers.path_check import (
-    EMBEDDED_KEY,
-    PATH_OVERRIDE_KEYS,
-    app_relative_path,
-    wsgi_path,
-)
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.protect")

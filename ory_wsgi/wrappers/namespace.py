@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ory_wsgi.answers import error_answer, json_answer
-from ory_wsgi.wrappers.path_check import EMBEDDED_KEY
+from ory_wsgi.paths import EMBEDDED_KEY
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PREFIX = "/.ory/proxy/"

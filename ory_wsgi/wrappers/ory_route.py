@@ -28,8 +28,7 @@ from ory_wsgi.errors import BadRequest
 from ory_wsgi.forwarder import Forwarder, request_target
 from ory_wsgi.ory.cookies import ory_cookies
 from ory_wsgi.ory.rewrite import OryRewriter
-from ory_wsgi.paths import normalise_path, readings
-from ory_wsgi.wrappers.path_check import EMBEDDED_KEY, app_relative_path
+from ory_wsgi.paths import EMBEDDED_KEY, app_relative_path, normalise_path, readings
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.ory")

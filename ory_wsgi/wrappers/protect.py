@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from ory_wsgi.answers import error_answer, wants_html
 from ory_wsgi.paths import CompiledRule
-from ory_wsgi.wrappers.path_check import return_to_url
+from ory_wsgi.pipeline.authenticators.session import return_to_url
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.protect")
@@ -135,7 +135,7 @@ class Protect:
         )
 
     def _login_location(self, environ: WSGIEnvironment, aal: str) -> str:
-        return_to = quote(return_to_url(self.public_url, environ), safe="")
+        return_to = quote(return_to_url(self.public_url, environ["ory.target"]), safe="")
         return f"{self.login_url}?" + (f"aal={aal}&" if aal else "") + f"return_to={return_to}"
 
     def _redirect(
