@@ -16,7 +16,8 @@ from typing import Any, TypeVar, cast, overload
 from flask import Flask, Response, current_app, request
 from werkzeug.local import LocalProxy
 
-from ory_wsgi.middleware import LOGIN_PATH, OryMiddleware, SessionGate, settings_from_config
+from ory_wsgi.middleware import LOGIN_PATH, OryMiddleware, settings_from_config
+from ory_wsgi.session_gate import SessionGate
 from ory_wsgi.settings import Settings
 
 __all__ = [

@@ -20,12 +20,11 @@ from ory_wsgi.errors import ConfigError
 from ory_wsgi.headers import TrustedProxies
 from ory_wsgi.identity_headers import IDENTITY_KEYS, IDENTITY_PREFIXES, environ_keys, strip_claims
 from ory_wsgi.layers import ory_forwarder_for, ory_layers
-from ory_wsgi.paths import EMBEDDED_KEY, compile_rule
-from ory_wsgi.settings import SECTIONS, Rule, Settings, load_settings
+from ory_wsgi.paths import EMBEDDED_KEY
+from ory_wsgi.settings import SECTIONS, Settings, load_settings
 from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import ProxyNamespace
 from ory_wsgi.wrappers.ory_route import OryRoute
-from ory_wsgi.wrappers.protect import Protect
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 # Client headers that claim an identity: one list with the proxy's (identity_headers).
@@ -302,32 +301,6 @@ def run_layers(app: WSGIApplication, environ: WSGIEnvironment) -> Answer | None:
         return None
     status, headers = captured[-1]
     return Answer(int(status[:3]), list(headers), data)
-
-
-class SessionGate:
-    """The protection decision for one view (the framework decorators), made by `Protect`.
-
-    `check(environ, aal)` is None when the request's session is good enough,
-    else the answer §9 prescribes: 303 to the login for a browser, 401 or 403
-    JSON for anything else, 503 when Ory could not be asked.
-    """
-
-    def __init__(self, public_url: str) -> None:
-        self.protect = Protect(pass_through, public_url)
-        self.rules = {
-            aal: compile_rule(Rule(prefix="/", aal=aal), True)
-            for aal in ("", "aal1", "aal2", "aal3")
-        }
-
-    def check(self, environ: WSGIEnvironment, aal: str = "") -> Answer | None:
-        # No method is exempt: a view that accepts OPTIONS runs its code for it.
-        # CORS preflights never get here, the middleware answers them.
-        previous = environ.get("ory.rule")
-        environ["ory.rule"] = self.rules[aal]
-        try:
-            return run_layers(self.protect, environ)
-        finally:
-            environ["ory.rule"] = previous
 
 
 class LoginEndpoint:

@@ -109,7 +109,6 @@ class SessionAuthenticator:
         self.client = services.client
         self.cache = services.cache
         self.cookie_names = services.cookie_names
-        self.login_url = f"{services.public_url}/.ory/self-service/login/browser"
 
     def prepare(self, config: Config, where: str) -> SessionConfig:
         unknown = sorted(set(config) - KNOWN_KEYS - IGNORED_KEYS)
@@ -199,36 +198,8 @@ class SessionAuthenticator:
         raise unauthorized()
 
     def step_up(self, request: RequestFacts, aal: str) -> DecisionError:
-        """Kratos' `session_aal2_required`: a redirect for a browser, 403 with where to go else."""
-        target = f"{self.login_url}?aal={aal}&return_to=" + quote(
-            return_to_url(self.services.public_url, request.target), safe=""
-        )
-        if navigating(request):
-            return DecisionError(
-                303,
-                "session_aal2_required",
-                "Session does not fulfill the requested Authenticator Assurance Level",
-                headers=[("Location", target)],
-                body=b"",
-                content_type="",
-                kind="forbidden",
-            )
-        error: dict[str, Any] = {
-            "id": "session_aal2_required",
-            "code": 403,
-            "status": "Forbidden",
-            "reason": f"This page needs a session with authenticator assurance level {aal}.",
-            "details": {"redirect_browser_to": target},
-            "message": "Session does not fulfill the requested Authenticator Assurance Level",
-        }
-        body = json.dumps({"error": error, "redirect_browser_to": target}, separators=(",", ":"))
-        return DecisionError(
-            403,
-            "session_aal2_required",
-            "Session does not fulfill the requested Authenticator Assurance Level",
-            headers=[("Ory-Error-Id", "session_aal2_required")],
-            body=body.encode(),
-        )
+        """Kratos' `session_aal2_required` for this request (see `step_up`)."""
+        return step_up(self.services.public_url, request.target, navigating(request), aal)
 
 
 class CookieSession(SessionAuthenticator):
@@ -265,6 +236,40 @@ def navigating(request: RequestFacts) -> bool:
     if request.method not in ("GET", "HEAD"):
         return False
     return wants_html({"HTTP_ACCEPT": ", ".join(request.headers.getlist("Accept"))})
+
+
+def step_up(public_url: str, target: str, browser: bool, aal: str) -> DecisionError:
+    """Kratos' `session_aal2_required`: a redirect for a browser, 403 with where to go else."""
+    login_url = f"{public_url}/.ory/self-service/login/browser"
+    location = f"{login_url}?aal={aal}&return_to=" + quote(
+        return_to_url(public_url, target), safe=""
+    )
+    if browser:
+        return DecisionError(
+            303,
+            "session_aal2_required",
+            "Session does not fulfill the requested Authenticator Assurance Level",
+            headers=[("Location", location)],
+            body=b"",
+            content_type="",
+            kind="forbidden",
+        )
+    error: dict[str, Any] = {
+        "id": "session_aal2_required",
+        "code": 403,
+        "status": "Forbidden",
+        "reason": f"This page needs a session with authenticator assurance level {aal}.",
+        "details": {"redirect_browser_to": location},
+        "message": "Session does not fulfill the requested Authenticator Assurance Level",
+    }
+    body = json.dumps({"error": error, "redirect_browser_to": location}, separators=(",", ":"))
+    return DecisionError(
+        403,
+        "session_aal2_required",
+        "Session does not fulfill the requested Authenticator Assurance Level",
+        headers=[("Ory-Error-Id", "session_aal2_required")],
+        body=body.encode(),
+    )
 
 
 def return_to_url(public_url: str, target: str) -> str:
