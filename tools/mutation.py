@@ -50,10 +50,19 @@ class Guard:
 # Module -> the fastest test files that guard it (in-process, or one shared server).
 MODULES: dict[str, Guard] = {
     "ory_wsgi/paths.py": Guard(("tests/test_paths.py",)),
-    "ory_wsgi/wrappers/path_check.py": Guard(
-        ("tests/test_protection.py", "tests/test_security.py")
+    "ory_wsgi/pipeline/decision.py": Guard(
+        ("tests/test_pipeline_decision.py", "tests/test_pipeline_shorthand.py")
     ),
-    "ory_wsgi/wrappers/protect.py": Guard(("tests/test_protection.py",)),
+    "ory_wsgi/pipeline/layer.py": Guard(("tests/test_embedding_wsgi.py",)),
+    "ory_wsgi/pipeline/request.py": Guard(
+        ("tests/test_pipeline_shorthand.py", "tests/test_embedding_wsgi.py")
+    ),
+    "ory_wsgi/pipeline/shorthand.py": Guard(
+        ("tests/test_pipeline_shorthand.py", "tests/test_pipeline_decision.py")
+    ),
+    "ory_wsgi/pipeline/authenticators/session.py": Guard(
+        ("tests/test_pipeline_authenticators.py", "tests/test_session_gate.py")
+    ),
     "ory_wsgi/headers.py": Guard(("tests/test_headers.py",)),
     "ory_wsgi/identity_headers.py": Guard(("tests/test_headers.py",)),
     "ory_wsgi/ory/cookies.py": Guard(("tests/test_ory_client.py",)),

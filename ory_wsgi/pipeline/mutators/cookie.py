@@ -25,12 +25,11 @@ from typing import Any
 
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.pipeline.handler import Config
-from ory_wsgi.pipeline.handler_config import TOKEN_RE, known_keys, string_map
-from ory_wsgi.pipeline.mutators.context import template_context
-from ory_wsgi.pipeline.mutators.header import render
+from ory_wsgi.pipeline.handler_config import TOKEN_RE, known_keys
+from ory_wsgi.pipeline.mutators.header import compile_values, rendered
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
-from ory_wsgi.rules.template import Template, TemplateContext, compile_template
+from ory_wsgi.rules.template import Template
 
 log = logging.getLogger("ory_wsgi.pipeline.mutators")
 
@@ -43,6 +42,13 @@ class PreparedCookies:
     where: str
     cookies: tuple[tuple[str, Template], ...]
     names: frozenset[str]
+
+
+def cookie_name(name: str, where: str) -> str:
+    """A cookie name from a rule, checked at load (an HTTP token)."""
+    if not TOKEN_RE.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a valid cookie name")
+    return name
 
 
 def cookie_value(value: str, name: str, where: str) -> str:
@@ -63,30 +69,19 @@ class CookieMutator:
 
     def prepare(self, config: Config, where: str) -> PreparedCookies:
         known_keys(config, ("cookies",), where)
-        cookies: list[tuple[str, Template]] = []
-        for name, text in string_map(config, "cookies", where).items():
-            if not TOKEN_RE.match(name):
-                raise ConfigError(f"{where} cookies: {name!r} is not a valid cookie name")
-            template = compile_template(text, where=f"{where} cookies.{name}")
-            if template.constant is not None and _INVALID_VALUE_RE.search(template.constant):
-                raise ConfigError(f"{where} cookies.{name}: holds a character a cookie cannot")
-            cookies.append((name, template))
-        return PreparedCookies(where, tuple(cookies), frozenset(name for name, _ in cookies))
+        cookies = compile_values(
+            config, "cookies", where, cookie_name, _INVALID_VALUE_RE, "a character a cookie cannot"
+        )
+        return PreparedCookies(where, cookies, frozenset(name for name, _ in cookies))
 
     def mutate(self, request: RequestFacts, session: AuthSession, prepared: Any) -> None:
         assert isinstance(prepared, PreparedCookies)
         if not prepared.cookies:
             return
-        context: TemplateContext | None = None
-        parts: list[str] = []
-        for name, template in prepared.cookies:
-            if template.constant is not None:
-                value = template.constant
-            else:
-                if context is None:
-                    context = template_context(session)
-                value = render(template, context, prepared.where)
-            parts.append(f"{name}={cookie_value(value, name, prepared.where)}")
+        parts = [
+            f"{name}={cookie_value(value, name, prepared.where)}"
+            for name, value in rendered(prepared.cookies, session, prepared.where)
+        ]
         base = session.header.get("Cookie")
         if base is None:
             base = "; ".join(request.headers.getlist("Cookie"))

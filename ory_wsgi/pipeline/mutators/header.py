@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,44 @@ def header_value(value: str, name: str, where: str) -> str:
     return value
 
 
+def compile_values(
+    config: Config,
+    key: str,
+    where: str,
+    name_of: Callable[[str, str], str],
+    refused: re.Pattern[str],
+    what: str,
+) -> tuple[tuple[str, Template], ...]:
+    """`config[key]` (a name -> template map) compiled once at load, for `header` and `cookie`.
+
+    Each name goes through `name_of(name, where)` (checks it, may canonicalise
+    it); a constant value that `refused` finds a character in is a ConfigError
+    naming `what` it holds.
+    """
+    values: list[tuple[str, Template]] = []
+    for name, text in string_map(config, key, where).items():
+        checked = name_of(name, f"{where} {key}")
+        template = compile_template(text, where=f"{where} {key}.{name}")
+        if template.constant is not None and refused.search(template.constant):
+            raise ConfigError(f"{where} {key}.{name}: holds {what}")
+        values.append((checked, template))
+    return tuple(values)
+
+
+def rendered(
+    values: tuple[tuple[str, Template], ...], session: AuthSession, where: str
+) -> Iterator[tuple[str, str]]:
+    """Each (name, text) for this request; the template context is built once, if needed."""
+    context: TemplateContext | None = None
+    for name, template in values:
+        if template.constant is not None:
+            yield name, template.constant
+            continue
+        if context is None:
+            context = template_context(session)
+        yield name, render(template, context, where)
+
+
 def render(template: Template, context: TemplateContext, where: str) -> str:
     """The template's text for this request; DecisionError(500) past its limits."""
     try:
@@ -93,23 +132,12 @@ class HeaderMutator:
 
     def prepare(self, config: Config, where: str) -> PreparedHeaders:
         known_keys(config, ("headers",), where)
-        headers: list[tuple[str, Template]] = []
-        for name, text in string_map(config, "headers", where).items():
-            canonical = header_name(name, f"{where} headers")
-            template = compile_template(text, where=f"{where} headers.{name}")
-            if template.constant is not None and _CONTROL_RE.search(template.constant):
-                raise ConfigError(f"{where} headers.{name}: holds a control character")
-            headers.append((canonical, template))
-        return PreparedHeaders(where, tuple(headers))
+        headers = compile_values(
+            config, "headers", where, header_name, _CONTROL_RE, "a control character"
+        )
+        return PreparedHeaders(where, headers)
 
     def mutate(self, request: RequestFacts, session: AuthSession, prepared: Any) -> None:
         assert isinstance(prepared, PreparedHeaders)
-        context: TemplateContext | None = None
-        for name, template in prepared.headers:
-            if template.constant is not None:
-                value = template.constant
-            else:
-                if context is None:
-                    context = template_context(session)
-                value = render(template, context, prepared.where)
+        for name, value in rendered(prepared.headers, session, prepared.where):
             session.header[name] = header_value(value, name, prepared.where)
