@@ -47,3 +47,21 @@ def test_uri_keys_the_server_did_not_set_are_not_invented(client: Client) -> Non
 
     seen = Client(without_uris).get("/docs/../members").json
     assert seen == {"PATH_INFO": "/members", "RAW_URI": "/members", "REQUEST_URI": None}
+
+
+def echo_authorization(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"authorization": environ.get("HTTP_AUTHORIZATION")}).encode()]
+
+
+@pytest.mark.parametrize(("keep", "seen"), [(True, "Basic YWRhOnB3"), (False, None)])
+def test_keep_client_authorization_in_process_as_in_the_proxy(keep: bool, seen: str | None) -> None:
+    """test_forwarder.py pins this through the proxy; the app in-process gets the same."""
+    app = OryMiddleware(
+        echo_authorization,
+        sdk_url="http://127.0.0.1:9",
+        public_url="https://app.test",
+        jwt={"keep_client_authorization": keep},
+    )
+    answer = Client(app).get("/", headers={"Authorization": "Basic YWRhOnB3"})
+    assert answer.json == {"authorization": seen}
