@@ -155,6 +155,13 @@ mutators = [{ handler = "id_token", config = { ttl = "30s" } }]
 upstream = { url = "https://api.internal:8443", ca_file = "ca.pem", server_name = "api" }
 
 [[rule]]
+id = "user"
+match = { methods = ["GET"], url = "https://app.example.com/users/<[0-9]+>", strategy = "regexp" }
+authenticators = [{ handler = "cookie_session" }]
+authorizer = { handler = "allow" }
+mutators = [{ handler = "noop" }]
+
+[[rule]]
 id = "everything-else"
 authenticators = [{ handler = "anonymous" }]
 authorizer = { handler = "deny" }
@@ -163,7 +170,11 @@ errors = [{ handler = "json" }]
 """,
     )
     assert (rule_set.strategy, rule_set.default_rule) == ("glob", "everything-else")
-    api, fallback = rule_set.rules
+    api, user, fallback = rule_set.rules
+    assert api.match is not None and api.match.strategy is None  # the rule set's glob
+    assert user.match is not None and user.match.strategy == "regexp"
+    found = Matcher(rule_set).match("GET", "https", "app.example.com", "/users/7")
+    assert found is not None and found.rule.id == "user" and found.capture_groups == ("7",)
     assert api.priority == 3
     assert api.match is not None and api.match.methods == ("GET", "POST")
     assert api.mutators[0].config == {"ttl": "30s"}
