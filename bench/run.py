@@ -1,6 +1,8 @@
 """ory_wsgi against werkzeug's ProxyMiddleware, nginx and a bare WSGI app: one run, same gunicorn.
 
-    .venv/bin/python bench/run.py              # throughput, latency, Unix vs TCP upstream, ~3 min
+    .venv/bin/python bench/run.py              # throughput, latency, Unix vs TCP upstream,
+                                               # 100 rules vs one [[protect]], ~4 min
+    .venv/bin/python bench/run.py --rules-only # only 100 rules vs one [[protect]], ~1 min
     .venv/bin/python bench/run.py --memory     # 1 GiB download and 1 GiB chunked upload
 
 Starts one upstream, the Kratos stand-in (as Ory) and every server under
