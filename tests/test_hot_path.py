@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from joserfc import jwt
+from ory_flows import PASSWORD, Start, bearer_of, jwks, login
 from pipeline_app import registry, services
 from pytest_httpserver import HTTPServer
 from werkzeug.test import EnvironBuilder
@@ -28,6 +31,7 @@ from ory_wsgi.pipeline.request import TARGET_KEY, read_path, read_target, reques
 from ory_wsgi.rules.matcher import Matcher
 from ory_wsgi.rules.model import AccessRule, Handler, Match, RuleSet
 from ory_wsgi.settings import load_settings
+from ory_wsgi.testing import FakeKratos
 
 SPELLINGS = [
     "/",
@@ -174,3 +178,34 @@ def test_the_shortcut_allows_as_the_handlers_do(ory: HTTPServer, headers: dict[s
     for field in ("subject", "ory_session", "authenticator", "ory_error", "aal_required"):
         assert getattr(shortcut.session, field) == getattr(long_way.session, field)
     assert shortcut.state == long_way.state
+
+
+def test_through_the_proxy_only_a_request_without_credentials_takes_the_shortcut(
+    start_ory_proxy: Start, fake_ory: FakeKratos
+) -> None:
+    """On an open path a session still becomes the JWT (token, cookie, bearer), a
+    client's own Authorization never passes, and a forged identity header is dropped."""
+    proxy = start_ory_proxy('[[protect]]\nprefix = "/members"\n')
+    identity = fake_ory.add_identity("grace@example.com", PASSWORD)
+    token = fake_ory.create_session(identity["id"])[1]
+    url = f"{proxy.url}/open/page"
+    for headers in (
+        {"X-Session-Token": token},
+        {"Authorization": f"Bearer {token}"},
+    ):
+        answer = requests.get(url, headers=headers, timeout=10)
+        assert answer.status_code == 200
+        claims = jwt.decode(bearer_of(answer), jwks(proxy), algorithms=["ES256"]).claims
+        assert claims["sub"] == identity["id"]
+    browser = login(proxy, fake_ory)
+    answer = browser.get(url, timeout=10)
+    assert answer.status_code == 200 and bearer_of(answer)
+    for headers in (
+        {},
+        {"Authorization": "Basic dTpw"},
+        {"Cookie": "other=1", "X-User-Id": "admin", "X-Ory-Subject": "admin"},
+    ):
+        answer = requests.get(url, headers=headers, timeout=10)
+        assert answer.status_code == 200
+        seen = {name.lower() for name in answer.json()["headers"]}
+        assert not seen & {"authorization", "x-user-id", "x-ory-subject"}, seen
