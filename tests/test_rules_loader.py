@@ -155,13 +155,6 @@ mutators = [{ handler = "id_token", config = { ttl = "30s" } }]
 upstream = { url = "https://api.internal:8443", ca_file = "ca.pem", server_name = "api" }
 
 [[rule]]
-id = "user"
-match = { methods = ["GET"], url = "https://app.example.com/users/<[0-9]+>", strategy = "regexp" }
-authenticators = [{ handler = "cookie_session" }]
-authorizer = { handler = "allow" }
-mutators = [{ handler = "noop" }]
-
-[[rule]]
 id = "everything-else"
 authenticators = [{ handler = "anonymous" }]
 authorizer = { handler = "deny" }
@@ -170,11 +163,7 @@ errors = [{ handler = "json" }]
 """,
     )
     assert (rule_set.strategy, rule_set.default_rule) == ("glob", "everything-else")
-    api, user, fallback = rule_set.rules
-    assert api.match is not None and api.match.strategy is None  # the rule set's glob
-    assert user.match is not None and user.match.strategy == "regexp"
-    found = Matcher(rule_set).match("GET", "https", "app.example.com", "/users/7")
-    assert found is not None and found.rule.id == "user" and found.capture_groups == ("7",)
+    api, fallback = rule_set.rules
     assert api.priority == 3
     assert api.match is not None and api.match.methods == ("GET", "POST")
     assert api.mutators[0].config == {"ttl": "30s"}
@@ -553,3 +542,49 @@ def test_rule_tables_can_be_passed_as_overrides(tmp_path: Path) -> None:
     assert settings.rule[0].source == "overrides [[rule]]"
     with pytest.raises(ConfigError, match=r"^overrides \[\[rule\]\]: rule 'x': unknown field"):
         load_settings(config, env={}, overrides={"rule": [{**good("x"), "matcher": {}}]})
+
+
+def test_a_rule_table_may_name_its_own_strategy(tmp_path: Path) -> None:
+    """`match.strategy` (ours) in ory.toml and in a rule file; anything else refuses the set."""
+    rules_json = json.dumps(
+        [
+            {
+                "id": "files",
+                "match": {
+                    "methods": ["GET"],
+                    "url": "https://app.example.com/files/<**>",
+                    "strategy": "glob",
+                },
+                "authenticators": [{"handler": "anonymous"}],
+                "authorizer": {"handler": "allow"},
+                "mutators": [{"handler": "noop"}],
+            }
+        ]
+    )
+    rule_set = load(
+        tmp_path,
+        """
+[access_rules]
+matching_strategy = "glob"
+repositories = ["rules.json"]
+
+[[rule]]
+id = "user"
+match = { methods = ["GET"], url = "https://app.example.com/users/<[0-9]+>", strategy = "regexp" }
+authenticators = [{ handler = "anonymous" }]
+authorizer = { handler = "allow" }
+mutators = [{ handler = "noop" }]
+""",
+        rules__json=rules_json,
+    )
+    user, files = rule_set.rules
+    assert user.match is not None and user.match.strategy == "regexp"
+    assert files.match is not None and files.match.strategy == "glob"
+    matcher = Matcher(rule_set)
+    found = matcher.match("GET", "https", "app.example.com", "/users/7")
+    assert found is not None and found.rule.id == "user" and found.capture_groups == ("7",)
+    assert matcher.match("GET", "https", "app.example.com", "/users/x") is None
+    assert matcher.match("GET", "https", "app.example.com", "/files/a/b").rule.id == "files"  # type: ignore[union-attr]
+    bad = rules_json.replace('"glob"', '"regex"')
+    with pytest.raises(RuleError, match=r"match\.strategy: must be regexp or glob, got 'regex'"):
+        load(tmp_path, '[access_rules]\nrepositories = ["rules.json"]\n', rules__json=bad)
