@@ -1,6 +1,8 @@
 """ory_wsgi against werkzeug's ProxyMiddleware, nginx and a bare WSGI app: one run, same gunicorn.
 
-    .venv/bin/python bench/run.py              # throughput, latency, Unix vs TCP upstream, ~3 min
+    .venv/bin/python bench/run.py              # throughput, latency, Unix vs TCP upstream,
+                                               # 100 rules vs one [[protect]], ~4 min
+    .venv/bin/python bench/run.py --rules-only # only 100 rules vs one [[protect]], ~1 min
     .venv/bin/python bench/run.py --memory     # 1 GiB download and 1 GiB chunked upload
 
 Starts one upstream, the Kratos stand-in (as Ory) and every server under
@@ -35,6 +37,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Protocol
 
+from hundred_rules import RULE_COUNT, hundred_rules, one_protect
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 HOST = "127.0.0.1"
@@ -50,6 +54,10 @@ TARGETS = {"ory_wsgi, anonymous": 1.5, "ory_wsgi, logged in, cached": 1.25}
 WERKZEUG = "werkzeug ProxyMiddleware"
 UNIX_TARGET = "ory_wsgi, anonymous, unix upstream"
 CONCURRENT_FIRST_REQUESTS = 30
+# The rule-set comparison: 100 access rules against one [[protect]] (bench/hundred_rules.py).
+ONE_RULE = "ory_wsgi, 1 [[protect]], {}"
+HUNDRED_RULES = f"ory_wsgi, {RULE_COUNT} rules, {{}}"
+RULES_TARGET = 0.9  # 100 rules within 10% of the 1-rule case
 
 
 class BenchError(Exception):
@@ -157,6 +165,7 @@ class Server:
         args: list[str],
         workdir: Path,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> Server:
         command = [
             sys.executable,
@@ -169,7 +178,7 @@ class Server:
             *args,
             app_spec,
         ]
-        return cls(name, command, workdir, env)
+        return cls(name, command, workdir, env, port)
 
     def wait_ready(self, workers: int, path: str = PATH) -> None:
         """Wait until `workers` gunicorn workers have booted and the upstream's body comes back."""
@@ -518,21 +527,22 @@ def cpu_model() -> str:
 
 
 def report(targets: list[Target], out: IO[str]) -> None:
+    """The table of medians; with werkzeug among the targets, every ratio to it."""
     by_name = {target.name: target for target in targets}
-    werkzeug = by_name[WERKZEUG]
-    base = werkzeug.median()
+    werkzeug = by_name.get(WERKZEUG)
+    base = werkzeug.median() if werkzeug is not None else None
     print(
         f"\n{'server':<34} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-        f"{'CPU us/req':>10} {'+behind':>8} {'vs werkzeug':>12}",
+        f"{'CPU us/req':>10} {'+behind':>8} {'vs werkzeug' if base else '':>12}",
         file=out,
     )
     for target in targets:
         median = target.median()
-        ratio = median.requests_per_s / base.requests_per_s
+        ratio = f"{median.requests_per_s / base.requests_per_s:>11.2f}x" if base else ""
         print(
             f"{target.name:<34} {median.requests_per_s:>7.0f} {median.p50_ms:>7.2f} "
             f"{median.p99_ms:>7.2f} {median.errors:>6} {median.cpu_us:>10.0f} "
-            f"{median.upstream_cpu_us:>8.0f} {ratio:>11.2f}x",
+            f"{median.upstream_cpu_us:>8.0f} {ratio}",
             file=out,
         )
     print(
@@ -541,6 +551,8 @@ def report(targets: list[Target], out: IO[str]) -> None:
         file=out,
     )
     print("", file=out)
+    if werkzeug is None or base is None:
+        return
     for name in [target.name for target in targets if target.name.startswith("ory_wsgi")]:
         ours = by_name[name]
         # Rounds are measured seconds apart in alternating order: the median of the
@@ -653,6 +665,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out")
     parser.add_argument(
+        "--rules-only",
+        action="store_true",
+        help=f"only the rule-set comparison: {RULE_COUNT} access rules vs one [[protect]]",
+    )
+    parser.add_argument(
         "--no-install",
         action="store_true",
         help="never apt-get install wrk or nginx; fall back to the Python generator",
@@ -709,10 +726,35 @@ def guarded_main(body: Callable[[], object], what: str = "benchmark") -> int:
     return 0
 
 
-def ory_spec(upstream_url: str, ory_url: str, cache: bool) -> str:
-    """ory_wsgi with Ory: default settings (JSON access log on), the session cache on or off."""
+def ory_spec(upstream_url: str, ory_url: str, cache: bool, config: Path | None = None) -> str:
+    """ory_wsgi with Ory: default settings (JSON access log on), the session cache on or off;
+    `config`: an ory.toml with the rules."""
     extra = "" if cache else ', session_cache={"ttl": 0}'
-    return f'ory_wsgi:make_app(upstream="{upstream_url}", ory={{"sdk_url": "{ory_url}"}}{extra})'
+    file = f'"{config}", ' if config else ""
+    return (
+        f'ory_wsgi:make_app({file}upstream="{upstream_url}", ory={{"sdk_url": "{ory_url}"}}{extra})'
+    )
+
+
+def rules_report(targets: list[Target], out: IO[str]) -> None:
+    """100 rules against one [[protect]], per round (the rounds are measured side by side)."""
+    by_name = {target.name: target for target in targets}
+    for who in ("anonymous", "logged in"):
+        one, hundred = by_name[ONE_RULE.format(who)], by_name[HUNDRED_RULES.format(who)]
+        paired = [
+            many.requests_per_s / single.requests_per_s
+            for many, single in zip(hundred.results, one.results, strict=True)
+        ]
+        headline = float(statistics.median(paired))
+        verdict = "meets" if headline >= RULES_TARGET else "misses"
+        cpu = one.median().cpu_us / hundred.median().cpu_us if hundred.median().cpu_us else 0.0
+        print(
+            f"{RULE_COUNT} rules / 1 [[protect]], {who}: {headline:.2f}x req/s (per round "
+            + ", ".join(f"{ratio:.2f}x" for ratio in paired)
+            + f") ({verdict} the {RULES_TARGET}x target); CPU per request 1 rule / "
+            f"{RULE_COUNT} rules {cpu:.2f}x",
+            file=out,
+        )
 
 
 def gunicorn_args(args: argparse.Namespace) -> list[str]:
@@ -766,6 +808,41 @@ def print_machine(out: IO[str]) -> None:
         print("other processes keep the CPUs busy: expect noisy figures", file=out)
 
 
+def rule_set_targets(
+    one: Server, hundred: Server, behind: list[Server], token: str
+) -> list[Target]:
+    """Anonymous and logged in, one [[protect]] and 100 rules side by side."""
+    logged_in = {"X-Session-Token": token}
+    for server in (one, hundred):
+        status, body = fetch(server.url + PATH, logged_in)
+        if (status, body) != (200, EXPECTED_BODY):
+            raise BenchError(f"{server.name}: a logged-in request got {status} {body[:200]!r}")
+    return [
+        Target(ONE_RULE.format("anonymous"), one, behind),
+        Target(HUNDRED_RULES.format("anonymous"), hundred, behind),
+        Target(ONE_RULE.format("logged in"), one, behind, logged_in),
+        Target(HUNDRED_RULES.format("logged in"), hundred, behind, logged_in),
+    ]
+
+
+def measure_rounds(
+    tool: LoadTool, targets: list[Target], args: argparse.Namespace, out: IO[str]
+) -> None:
+    """A warm-up of each target, then rounds in alternating order."""
+    for target in targets:
+        tool.run(target.server.url + PATH, args.warmup, args.connections, target.headers)
+    for round_index in range(args.rounds):
+        # Alternate the order so that drift (neighbours, CPU boost) favours no one.
+        order = targets if round_index % 2 == 0 else targets[::-1]
+        for target in order:
+            result = target.measure(tool, args.duration, args.connections)
+            print(
+                f"  round {round_index + 1}: {target.name:<34} {result.requests_per_s:>7.0f} req/s",
+                file=out,
+                flush=True,
+            )
+
+
 def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
     tool: LoadTool = (
         PythonLoad() if args.python_load else find_load_tool(args.wrk_threads, not args.no_install)
@@ -785,6 +862,39 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
             servers.append(server)
             return server
 
+        # The rules name the proxy's own origin: the port is chosen before they are written.
+        rules_port = free_port()
+        rules_config = hundred_rules(workdir, f"{HOST}:{rules_port}", upstream.url)
+        ory_rules = Server.gunicorn(
+            f"ory_wsgi {RULE_COUNT} rules",
+            ory_spec(upstream.url, kratos.url, cache=True, config=rules_config),
+            proxy_args,
+            workdir,
+            env,
+            rules_port,
+        )
+        servers.append(ory_rules)
+        ory_protect = gunicorn(
+            "ory_wsgi 1 protect",
+            ory_spec(upstream.url, kratos.url, cache=True, config=one_protect(workdir)),
+        )
+        rule_servers = [ory_protect, ory_rules]
+        if args.rules_only:
+            for server in rule_servers:
+                server.wait_ready(args.workers)
+            token = kratos.new_session()
+            rule_targets = rule_set_targets(ory_protect, ory_rules, [upstream, kratos], token)
+            print_machine(out)
+            print(
+                f"load tool: {tool.label}; GET {PATH}, {args.connections} connections, "
+                f"{args.duration:g}s x {args.rounds} rounds per target",
+                file=out,
+                flush=True,
+            )
+            measure_rounds(tool, rule_targets, args, out)
+            report(rule_targets, out)
+            rules_report(rule_targets, out)
+            return
         bare = gunicorn("bare WSGI app", "upstream:app")
         ory = gunicorn("ory_wsgi", ory_spec(upstream.url, kratos.url, cache=True))
         # The same proxy and upstream process, the upstream reached over its Unix socket.
@@ -804,7 +914,15 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
         if with_nginx:
             nginx = nginx_server(upstream.url, workdir, args.workers)
             servers.append(nginx)
-        for server in [bare, ory, ory_unix, ory_uncached, werkzeug, *(s for _, s in extras)]:
+        for server in [
+            bare,
+            ory,
+            ory_unix,
+            ory_uncached,
+            werkzeug,
+            *rule_servers,
+            *(s for _, s in extras),
+        ]:
             server.wait_ready(args.workers)
         if nginx is not None:
             nginx.wait_ready(0)
@@ -825,6 +943,7 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
             Target("ory_wsgi, logged in, cached", ory, [upstream, kratos], logged_in),
             Target("ory_wsgi, logged in, cache off", ory_uncached, [upstream, kratos], logged_in),
         ]
+        targets += rule_set_targets(ory_protect, ory_rules, [upstream, kratos], token)
         targets += [Target(label, server, [upstream, kratos]) for label, server in extras]
 
         load_seconds = len(targets) * (args.warmup + args.rounds * args.duration)
@@ -851,21 +970,10 @@ def run_throughput(args: argparse.Namespace, out: IO[str]) -> None:
             file=out,
             flush=True,
         )
-        for target in targets:
-            tool.run(target.server.url + PATH, args.warmup, args.connections, target.headers)
-        for round_index in range(args.rounds):
-            # Alternate the order so that drift (neighbours, CPU boost) favours no one.
-            order = targets if round_index % 2 == 0 else targets[::-1]
-            for target in order:
-                result = target.measure(tool, args.duration, args.connections)
-                print(
-                    f"  round {round_index + 1}: {target.name:<34} "
-                    f"{result.requests_per_s:>7.0f} req/s",
-                    file=out,
-                    flush=True,
-                )
+        measure_rounds(tool, targets, args, out)
         report(targets, out)
         unix_report(targets, out)
+        rules_report(targets, out)
         single_flight_check(ory, kratos, args.workers, out)
     finally:
         for server in reversed(servers):

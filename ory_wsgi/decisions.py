@@ -30,8 +30,8 @@ from urllib.parse import unquote_to_bytes
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.headers import TrustedProxies, client_host
+from ory_wsgi.pipeline.request import read_target
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.decisions")
@@ -60,7 +60,7 @@ class Decisions:
         # The raw target, as the proxy reads it: PATH_INFO is decoded (`%23` would
         # be a `#` there) and moved by SCRIPT_NAME.
         try:
-            path, _, query = request_target(environ).partition("?")
+            path, _, query = read_target(environ).partition("?")
         except BadRequest:
             return self.app(environ, start_response)
         if path != DECISIONS_PATH and not path.startswith(DECISIONS_PATH + "/"):

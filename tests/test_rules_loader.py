@@ -542,3 +542,49 @@ def test_rule_tables_can_be_passed_as_overrides(tmp_path: Path) -> None:
     assert settings.rule[0].source == "overrides [[rule]]"
     with pytest.raises(ConfigError, match=r"^overrides \[\[rule\]\]: rule 'x': unknown field"):
         load_settings(config, env={}, overrides={"rule": [{**good("x"), "matcher": {}}]})
+
+
+def test_a_rule_table_may_name_its_own_strategy(tmp_path: Path) -> None:
+    """`match.strategy` (ours) in ory.toml and in a rule file; anything else refuses the set."""
+    rules_json = json.dumps(
+        [
+            {
+                "id": "files",
+                "match": {
+                    "methods": ["GET"],
+                    "url": "https://app.example.com/files/<**>",
+                    "strategy": "glob",
+                },
+                "authenticators": [{"handler": "anonymous"}],
+                "authorizer": {"handler": "allow"},
+                "mutators": [{"handler": "noop"}],
+            }
+        ]
+    )
+    rule_set = load(
+        tmp_path,
+        """
+[access_rules]
+matching_strategy = "glob"
+repositories = ["rules.json"]
+
+[[rule]]
+id = "user"
+match = { methods = ["GET"], url = "https://app.example.com/users/<[0-9]+>", strategy = "regexp" }
+authenticators = [{ handler = "anonymous" }]
+authorizer = { handler = "allow" }
+mutators = [{ handler = "noop" }]
+""",
+        rules__json=rules_json,
+    )
+    user, files = rule_set.rules
+    assert user.match is not None and user.match.strategy == "regexp"
+    assert files.match is not None and files.match.strategy == "glob"
+    matcher = Matcher(rule_set)
+    found = matcher.match("GET", "https", "app.example.com", "/users/7")
+    assert found is not None and found.rule.id == "user" and found.capture_groups == ("7",)
+    assert matcher.match("GET", "https", "app.example.com", "/users/x") is None
+    assert matcher.match("GET", "https", "app.example.com", "/files/a/b").rule.id == "files"  # type: ignore[union-attr]
+    bad = rules_json.replace('"glob"', '"regex"')
+    with pytest.raises(RuleError, match=r"match\.strategy: must be regexp or glob, got 'regex'"):
+        load(tmp_path, '[access_rules]\nrepositories = ["rules.json"]\n', rules__json=bad)

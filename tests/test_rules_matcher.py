@@ -462,3 +462,47 @@ def test_the_index_agrees_with_a_scan_for_any_rule_set(
             slow = m.explain(method, "https", "x", "/" + path).selected
             assert (fast and fast.rule.id) == (slow and slow.rule.id)
             assert (fast and fast.capture_groups) == (slow and slow.capture_groups)
+
+
+def test_a_rule_may_name_its_own_strategy() -> None:
+    """`match.strategy` (ours) overrides the rule set's matching_strategy for one rule."""
+
+    def with_strategy(rule_id: str, url: str, strategy: str) -> Any:
+        document = rule(rule_id, url)
+        document["match"]["strategy"] = strategy
+        return document
+
+    for default in ("regexp", "glob"):
+        m = matcher(
+            with_strategy("users", "https://app.example.com/api/v1/users/<[0-9]+>", "regexp"),
+            with_strategy("files", "https://app.example.com/api/v1/files/<*>", "glob"),
+            rule(
+                "other",
+                "https://app.example.com/<**>"
+                if default == "glob"
+                else "https://app.example.com/<.*>",
+            ),
+            strategy=default,  # type: ignore[arg-type]
+        )
+        assert matched(m, "GET", "https://app.example.com/api/v1/users/42") == "users"
+        assert matched(m, "GET", "https://app.example.com/api/v1/users/4x") == "other"
+        assert matched(m, "GET", "https://app.example.com/api/v1/files/report") == "files"
+        assert matched(m, "GET", "https://app.example.com/api/v1/files/a/b") == "other"
+        result = m.match("GET", *split("https://app.example.com/api/v1/users/42"))
+        assert result is not None and result.capture_groups == ("42",)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "url", "error"),
+    [
+        ("globs", "https://a/<.*>", r"match\.strategy: must be regexp or glob, got 'globs'"),
+        (3, "https://a/<.*>", r"match\.strategy: must be regexp or glob, got 3"),
+        ("regexp", "https://a/<[>", r"match\.url: pattern #2 <\[> is not a valid regex"),
+        ("glob", "https://a/<[]>", r"match\.url: glob: empty character class"),
+    ],
+)
+def test_a_bad_rule_strategy_is_refused(strategy: Any, url: str, error: str) -> None:
+    document = rule("r", url)
+    document["match"]["strategy"] = strategy
+    with pytest.raises(RuleError, match=error):
+        matcher(document, strategy="glob" if strategy == "regexp" else "regexp")

@@ -26,6 +26,13 @@ canonical reading's). So a path is protected when any reading of it is, as
 Rules come from a `source()` callable returning the current `Matcher` (or
 the `[[protect]]` shorthand's index) each request; the rules of a new one are
 prepared once, on the first request that sees it, and swapped in whole.
+
+Hot path. A rule whose handlers cannot do anything for a request without a
+credential (session authenticators, which are not responsible without one,
+then `noop`; `allow`; `noop` or `id_token` with `only_with_session`) is
+marked at load; a request the adapter found without any session credential
+(`RequestFacts.anonymous`) is allowed there without running the handlers,
+with the outcome running them would give.
 """
 
 from __future__ import annotations
@@ -37,8 +44,12 @@ from typing import Protocol
 
 from ory_wsgi.errors import BadRequest
 from ory_wsgi.paths import lenient_match_paths
-from ory_wsgi.pipeline.authenticators.session import unauthorized
+from ory_wsgi.pipeline.authenticators.noop import Noop
+from ory_wsgi.pipeline.authenticators.session import BearerToken, CookieSession, unauthorized
+from ory_wsgi.pipeline.authorizers.allow import Allow as AllowAuthorizer
 from ory_wsgi.pipeline.errors import DecisionError, NotResponsible, internal
+from ory_wsgi.pipeline.mutators.id_token import IdTokenMutator, PreparedIdToken
+from ory_wsgi.pipeline.mutators.noop import NoopMutator
 from ory_wsgi.pipeline.registry import PreparedRule, Registry, Step
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts, RequestState
 from ory_wsgi.rules.matcher import Matcher, MatchResult
@@ -148,6 +159,8 @@ class _Loaded:
     index: RuleIndex
     prepared: dict[str, PreparedRule]
     ranks: dict[str, int]
+    # Rules an anonymous request passes without running a handler (see `quiet`).
+    quiet: frozenset[str]
 
     def strictness(self, rule: AccessRule) -> int:
         return self.ranks.get(rule.id, INVALID)
@@ -194,7 +207,8 @@ class Pipeline:
         for rule in prepared.values():
             if rule.invalid:
                 log.error("invalid_rule: %s", rule.invalid)
-        return _Loaded(current, index, prepared, ranks)
+        quiet = frozenset(rule_id for rule_id, rule in prepared.items() if _quiet(rule))
+        return _Loaded(current, index, prepared, ranks, quiet)
 
     def decide(self, facts: RequestFacts) -> Decision:
         state = RequestState()
@@ -241,6 +255,14 @@ class Pipeline:
                 header=facts.headers,
             )
         )
+        rule = prepared.rule
+        if facts.anonymous and rule.id in loaded.quiet:
+            # What running the rule would give: noop accepted, nothing set.
+            session.authenticator = "noop"
+            state.decision = "allow"
+            state.upstream = rule.upstream.url
+            state.strip_path = rule.upstream.strip_path
+            return Allow(rule, rule.upstream, session.header, session.cookies, session, state)
         try:
             self._run(facts, session, prepared)
         except DecisionError as error:
@@ -312,6 +334,39 @@ class Pipeline:
 def _nobody() -> DecisionError:
     """No authenticator was responsible: Kratos' 401, as a request without a session gets."""
     return unauthorized()
+
+
+_SESSION_AUTHENTICATORS = (CookieSession, BearerToken)
+
+
+def _quiet(prepared: PreparedRule) -> bool:
+    """Whether running this rule for a request without a credential always ends
+    in an allow with nothing set: session authenticators (never responsible
+    without a credential) then `noop`, `allow`, and mutators that do nothing
+    without a Kratos session. Exact types: a subclass may behave otherwise."""
+    if prepared.invalid or prepared.authorizer is None:
+        return False
+    for step in prepared.authenticators:
+        if type(step.handler) in _SESSION_AUTHENTICATORS:
+            continue
+        if type(step.handler) is not Noop:
+            return False
+        break
+    else:
+        return False  # nobody responsible: a 401
+    if type(prepared.authorizer.handler) is not AllowAuthorizer:
+        return False
+    for step in prepared.mutators:
+        if type(step.handler) is NoopMutator:
+            continue
+        if (
+            type(step.handler) is IdTokenMutator
+            and isinstance(step.prepared, PreparedIdToken)
+            and step.prepared.only_with_session
+        ):
+            continue
+        return False
+    return True
 
 
 def strictness(prepared: PreparedRule) -> int:

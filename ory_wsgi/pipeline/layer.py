@@ -72,8 +72,9 @@ class Decide:
         self.shorthand = shorthand
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        credentials = extract_credentials(environ, self.cookie_names)
         try:
-            facts = request_facts(environ)
+            facts = request_facts(environ, credentials=credentials, anonymous=credentials is None)
             if environ.get(EMBEDDED_KEY):
                 relative = app_relative_path(
                     facts.target.partition("?")[0], environ.get("SCRIPT_NAME", "")
@@ -87,7 +88,7 @@ class Decide:
             environ.pop(key, None)
         environ["ory.target"] = facts.target
         environ["ory.match_path"] = facts.path.match
-        environ["ory.credentials"] = extract_credentials(environ, self.cookie_names)
+        environ["ory.credentials"] = credentials
         decision = self.pipeline.decide(facts)
         environ[STATE_KEY] = decision.state
         if self.shorthand is not None and decision.rule is not None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ory_wsgi.ory.client import Credentials
 from ory_wsgi.paths import NormalisedPath
 from ory_wsgi.rules.template import HeaderSource, MatchContext
 
@@ -32,6 +33,10 @@ class RequestFacts:
     lazy view (werkzeug's EnvironHeaders) of the request headers, after the
     adapter removed the ones a client may not send. `environ` is the WSGI
     environ for handlers that need the whoami credentials from it.
+    `credentials` are the session credentials the adapter read (once, for
+    every authenticator); `anonymous` is true when it found none at all (no
+    session cookie, `X-Session-Token` or bearer token): no session
+    authenticator can be responsible. Both unset when the adapter did not look.
     """
 
     method: str
@@ -45,6 +50,8 @@ class RequestFacts:
     remote_addr: str
     request_id: str
     environ: Mapping[str, Any]
+    credentials: Credentials | None = None
+    anonymous: bool = False
 
 
 @dataclass(slots=True)

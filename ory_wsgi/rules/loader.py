@@ -61,7 +61,7 @@ RULE_KEYS = (
     "upstream",
     "priority",
 )
-MATCH_KEYS = ("methods", "url")
+MATCH_KEYS = ("methods", "url", "strategy")  # `strategy`: ours, per rule
 GRPC_MATCH_KEYS = ("authority", "full_method", "allow_http_get")
 HANDLER_KEYS = ("handler", "config")
 UPSTREAM_KEYS = (
@@ -248,7 +248,7 @@ def build_rule_set(
             )
         if rule.match is not None:
             try:
-                compile_url(rule.match.url, strategy)
+                compile_url(rule.match.url, rule.match.strategy or strategy)
             except PatternError as exc:
                 raise RuleError(f"{rule.where}: match.url: {exc}") from None
         problem = _problem(rule) or (validate(rule) if validate else "")
@@ -334,8 +334,11 @@ def _match(raw: Any, where: str) -> Match | None:
     for method in methods:
         if not METHOD_RE.match(method):
             raise RuleError(f"{where}: match.methods: not an HTTP method: {method!r}")
+    strategy = raw.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise RuleError(f"{where}: match.strategy: must be regexp or glob, got {strategy!r}")
     # Oathkeeper compares methods ignoring case.
-    return Match(tuple(dict.fromkeys(m.upper() for m in methods)), url)
+    return Match(tuple(dict.fromkeys(m.upper() for m in methods)), url, strategy)
 
 
 def _handlers(raw: Any, key: str, where: str) -> tuple[Handler, ...]:

@@ -12,7 +12,8 @@ not start with `/`. Literal scheme and host text in rules is put in the same
 form at load.
 
 Patterns sit inside `<...>` (nested `<>` count, as in Oathkeeper; unbalanced
-delimiters are a load error). Text outside them is literal.
+delimiters are a load error). Text outside them is literal. They are read in
+the rule set's strategy, or in the rule's own `match.strategy` (ours).
 - `regexp`: each `<...>` is a Python regular expression, wrapped in a
   capturing group; the whole URL must match (`fullmatch`). `.` matches a
   line break too (a decoded `%0A` must not slip past `<.*>`). .NET-style named
@@ -376,7 +377,7 @@ class Matcher:
             if rule.match is None:
                 continue
             try:
-                url = compile_url(rule.match.url, rule_set.strategy)
+                url = compile_url(rule.match.url, rule.match.strategy or rule_set.strategy)
             except PatternError as exc:
                 raise PatternError(f"{rule.where}: match.url: {exc}") from None
             rank = (-rule.priority, -len(url.prefix), -url.literal_length, order)

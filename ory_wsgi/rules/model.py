@@ -38,11 +38,13 @@ class Match:
 
     `methods` are upper-case; a rule with none matches no request (as in
     Oathkeeper). `url` is `scheme://host/path` with `<...>` patterns in the
-    rule set's matching strategy.
+    rule set's matching strategy, or in this rule's own `strategy` when set
+    (an ory_wsgi extension: Oathkeeper's strategy is global).
     """
 
     methods: tuple[str, ...]
     url: str
+    strategy: Strategy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class RuleSet:
     """
 
     rules: tuple[AccessRule, ...] = ()
-    strategy: Strategy = "regexp"
+    strategy: Strategy = "regexp"  # a rule's own `match.strategy` overrides it
     default_rule: str = ""  # id of the rule used when no rule matches; "" for none
     sources: tuple[str, ...] = ()  # the files and repositories it was read from
 

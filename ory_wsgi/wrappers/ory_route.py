@@ -25,10 +25,11 @@ from urllib.parse import unquote
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import Forwarder, request_target
+from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.ory.cookies import ory_cookies
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import EMBEDDED_KEY, app_relative_path, normalise_path, readings
+from ory_wsgi.pipeline.request import read_target
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.ory")
@@ -157,7 +158,7 @@ class OryRoute:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            raw_path, _, query = request_target(environ).partition("?")
+            raw_path, _, query = read_target(environ).partition("?")
         except BadRequest:
             # Not a target anything could route to Ory; the layers inside answer it.
             return self.app(environ, start_response)

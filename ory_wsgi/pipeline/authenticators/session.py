@@ -140,7 +140,9 @@ class SessionAuthenticator:
 
     def authenticate(self, request: RequestFacts, session: AuthSession, prepared: Any) -> None:
         config: SessionConfig = prepared
-        credentials = extract_credentials(request.environ, self.cookie_names)
+        credentials = request.credentials
+        if credentials is None and not request.anonymous:  # the adapter did not read them
+            credentials = extract_credentials(request.environ, self.cookie_names)
         if credentials is None or not self.responsible(request, credentials, config):
             raise NotResponsible
         assert self.client is not None and self.cache is not None  # checked in prepare
