@@ -352,10 +352,13 @@ def report(targets: list[tuple[Case, Target]], args: argparse.Namespace, out: IO
             ]
             ratio = float(statistics.median(paired))
             verdict = "meets" if ratio >= wanted else "misses"
+            ours, theirs = target.median().cpu_us, baseline.median().cpu_us
+            cpu = theirs / ours if ours else 0.0
             print(
                 f"{case.name} / {BASELINE}: {ratio:.2f}x req/s (per round "
                 + ", ".join(f"{r:.2f}x" for r in paired)
-                + f"); {verdict} the >= {wanted:.2f}x target (within 15 %)",
+                + f"); {verdict} the >= {wanted:.2f}x target (within 15 %);"
+                f" the baseline's CPU per request / this case's {cpu:.2f}x",
                 file=out,
             )
     for case, target in targets:

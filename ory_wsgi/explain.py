@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.test import EnvironBuilder
@@ -55,6 +55,7 @@ from ory_wsgi.pipeline.errors import DecisionError, NotResponsible
 from ory_wsgi.pipeline.registry import PreparedRule, Registry, Step, default_registry
 from ory_wsgi.pipeline.request import request_facts
 from ory_wsgi.pipeline.services import Services
+from ory_wsgi.pipeline.shorthand import ShorthandIndex, shorthand_registry
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.rules.loader import load_rule_set
 from ory_wsgi.rules.matcher import Matcher
@@ -254,25 +255,19 @@ def explain(
         raise ConfigError(f"{url}: expected an http(s) URL")
     method = method.upper()
     out: list[str] = []
-    rule_set = load_rule_set(settings)
-    matcher = Matcher(rule_set)
+    shorthand = not (settings.rule or settings.access_rules.repositories)
     try:
         path = normalise_path(parts.path or "/").match
-        explanation = matcher.explain(method, parts.scheme, parts.netloc, path)
+        if shorthand:
+            expected = ""
+            out.append(f"{method} {parts.scheme}://{parts.netloc.lower()}{path}")
+            out.append("rules: [[protect]] / [[public]] (no access rules are configured)")
+        else:
+            expected = _match(Matcher(load_rule_set(settings)), method, parts, path, out)
+            if not expected:
+                return Explanation(_text(out), REFUSED)
     except BadRequest as exc:
         raise ConfigError(f"{url}: the request is refused (400): {exc}") from None
-    out.append(f"{method} {explanation.url}")
-    for verdict in explanation.verdicts:
-        out.append(
-            f"{INDENT}{verdict.outcome:<14} {verdict.rule.id}  ({verdict.rule.source}):"
-            f" {verdict.reason}"
-        )
-    selected = explanation.selected
-    if selected is None:
-        out.append("no rule matches: the request is answered 404 (403 on the decisions endpoint)")
-        return Explanation(_text(out), REFUSED)
-    groups = f"; capture groups {list(selected.capture_groups)}" if selected.capture_groups else ""
-    out.append(f"rule: {selected.rule.id}{groups}")
 
     environ = _environ(method, url, headers)
     cookie_names = session_cookie_names(
@@ -294,9 +289,27 @@ def explain(
             pipeline = _pipeline(settings, keys, cookie_names, ory, notes, standin.url)
             facts = request_facts(environ)
             decision = pipeline.decide(facts)
-            return _report(out, notes, decision, facts, pipeline, selected.rule)
+            return _report(out, notes, decision, facts, pipeline, expected)
     finally:
         standin.stop()
+
+
+def _match(matcher: Matcher, method: str, parts: SplitResult, path: str, out: list[str]) -> str:
+    """Each rule's verdict on the request; the id of the one that matches ("" when none does)."""
+    explanation = matcher.explain(method, parts.scheme, parts.netloc, path)
+    out.append(f"{method} {explanation.url}")
+    for verdict in explanation.verdicts:
+        out.append(
+            f"{INDENT}{verdict.outcome:<14} {verdict.rule.id}  ({verdict.rule.source}):"
+            f" {verdict.reason}"
+        )
+    selected = explanation.selected
+    if selected is None:
+        out.append("no rule matches: the request is answered 404 (403 on the decisions endpoint)")
+        return ""
+    groups = f"; capture groups {list(selected.capture_groups)}" if selected.capture_groups else ""
+    out.append(f"rule: {selected.rule.id}{groups}")
+    return selected.rule.id
 
 
 def _report(
@@ -305,10 +318,12 @@ def _report(
     decision: Any,
     facts: RequestFacts,
     pipeline: Pipeline,
-    expected: AccessRule,
+    expected: str,
 ) -> Explanation:
     rule = decision.rule
-    if rule is not None and rule.id != expected.id:
+    if rule is not None and not expected:
+        out.append(f"rule: {rule.id}")
+    elif rule is not None and rule.id != expected:
         out.append(
             f"note: rule {rule.id!r} governs instead: another reading of this path or a"
             " claimed method matches it, and it is stricter"
@@ -376,6 +391,11 @@ def _pipeline(
         cookie_names=cookie_names,
         rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
     )
+    if not (settings.rule or settings.access_rules.repositories):
+        index = ShorthandIndex(settings)
+        registry = shorthand_registry(services)
+        tracing = cast(Registry, TracingRegistry(registry, notes, standin))
+        return Pipeline(tracing, lambda: index, trusted=True)
     registry = default_registry(services)
     tracing = cast(Registry, TracingRegistry(registry, notes, standin))
     matcher = Matcher(load_rule_set(settings, validate=registry.validate))

@@ -261,3 +261,25 @@ def test_an_invalid_rule_exits_2_naming_it(tmp_path: Path) -> None:
     assert answer.returncode == 2
     assert answer.stdout.splitlines()[-1].startswith("error: the rule is invalid")
     assert "authorizer 'deny': not enabled" in answer.stdout
+
+
+def test_protect_shorthand_is_explained_too(tmp_path: Path) -> None:
+    config = tmp_path / "ory.toml"
+    config.write_text(
+        '[proxy]\nupstream = "http://127.0.0.1:3000"\npublic_url = "https://app.example.com"\n'
+        '[ory]\nsdk_url = "http://127.0.0.1:4433"\n[[protect]]\nprefix = "/members"\n'
+    )
+    browser = explain(config, "GET", "https://app.example.com/MEMBERS/x", "-H", "Accept: text/html")
+    assert browser.returncode == 1
+    lines = browser.stdout.splitlines()
+    assert lines[1:3] == [
+        "rules: [[protect]] / [[public]] (no access rules are configured)",
+        "rule: protect-1",
+    ]
+    assert lines[-1].startswith(
+        "  answered by error handler ory_proxy: 303, Location: "
+        "https://app.example.com/.ory/self-service/login/browser?return_to="
+    )
+    open_path = explain(config, "GET", "https://app.example.com/")
+    assert open_path.returncode == 0
+    assert "rule: public" in open_path.stdout.splitlines()
