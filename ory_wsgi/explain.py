@@ -287,7 +287,10 @@ def explain(
         with _throwaway_keys(settings) as keys:
             ory = ory_url or standin.url + STANDIN_ORY
             pipeline = _pipeline(settings, keys, cookie_names, ory, notes, standin.url)
-            facts = request_facts(environ)
+            try:
+                facts = request_facts(environ)
+            except BadRequest as exc:
+                raise ConfigError(f"{url}: the request is refused (400): {exc}") from None
             decision = pipeline.decide(facts)
             return _report(out, notes, decision, facts, pipeline, expected)
     finally:
