@@ -145,10 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
     rules_check.set_defaults(handler=cmd_rules_check)
     rules_explain = rule_commands.add_parser(
         "explain",
-        help="which rule a request gets and why the others do not; exit 0, or 1 when none",
+        help="which rule a request gets, why the others do not, and what each handler"
+        " decides; exit 0 allowed, 1 refused, 2 usage or configuration error",
     )
     rules_explain.add_argument("method", metavar="METHOD", help="e.g. GET")
     rules_explain.add_argument("url", metavar="URL", help="e.g. https://app.example.com/api/x")
+    rules_explain.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable), e.g. -H 'Cookie: ory_kratos_session=x'",
+    )
+    rules_explain.add_argument(
+        "--session",
+        metavar="FILE",
+        help="the JSON Ory's whoami answers for the request's cookie or token (- : stdin)",
+    )
+    rules_explain.add_argument(
+        "--ory", metavar="URL", help="ask this Ory (or stand-in) for the session instead"
+    )
+    rules_explain.add_argument(
+        "--call",
+        action="store_true",
+        help="send the requests of service authorizers (ory_permissions, remote_json);"
+        " by default they are shown, not sent",
+    )
     _add_config_flag(rules_explain)
     rules_explain.set_defaults(handler=cmd_rules_explain)
 
@@ -323,37 +346,41 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    from urllib.parse import urlsplit
+    from ory_wsgi.explain import explain
 
-    from ory_wsgi.errors import BadRequest
-    from ory_wsgi.paths import normalise_path
-    from ory_wsgi.rules.loader import load_rule_set
-    from ory_wsgi.rules.matcher import Matcher
-
-    matcher = Matcher(load_rule_set(load_settings(args.config)))
-    parts = urlsplit(args.url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{args.url}: expected an http(s) URL")
-    try:
-        path = normalise_path(parts.path or "/").match
-    except BadRequest as exc:
-        raise ConfigError(f"{args.url}: the path is refused (400): {exc}") from None
-    try:
-        explanation = matcher.explain(args.method, parts.scheme, parts.netloc, path)
-    except BadRequest as exc:
-        raise ConfigError(f"{args.url}: the request is refused (400): {exc}") from None
-    print(f"{args.method.upper()} {explanation.url}")
-    for verdict in explanation.verdicts:
-        print(
-            f"  {verdict.outcome:<14} {verdict.rule.id}  ({verdict.rule.source}): {verdict.reason}"
-        )
-    selected = explanation.selected
-    if selected is None:
-        print("no rule matches: the request is answered 404 (403 on the decisions endpoint)")
-        return 1
-    groups = f"; capture groups {list(selected.capture_groups)}" if selected.capture_groups else ""
-    print(f"rule: {selected.rule.id}{groups}")
-    return 0
+    headers = []
+    for header in args.header:
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip() or name != name.strip():
+            raise ConfigError(f"-H {header!r}: expected 'Name: value'")
+        headers.append((name, value.strip()))
+    session: bytes | None = None
+    if args.session == "-":
+        session = sys.stdin.buffer.read()
+    elif args.session:
+        try:
+            with open(args.session, "rb") as file:
+                session = file.read()
+        except OSError as exc:
+            raise ConfigError(f"--session {args.session}: {exc.strerror}") from None
+    if session is not None:
+        try:
+            parsed = json.loads(session)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ConfigError("--session: expected the JSON object Ory's whoami answers")
+    explanation = explain(
+        load_settings(args.config),
+        args.method,
+        args.url,
+        headers=headers,
+        session=session,
+        ory_url=args.ory or "",
+        call=args.call,
+    )
+    print(explanation.text, end="")
+    return explanation.code
 
 
 def cmd_sessions_revoke(args: argparse.Namespace) -> int:

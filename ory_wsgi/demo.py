@@ -7,6 +7,11 @@ The sample app is what a developer writes behind the proxy: it never sees a pass
 who the user is from the JWT the proxy sends (checked against the proxy's JWKS), and shows
 Log in / Sign up or Log out by that alone. The terminal shows one line per request (the
 proxy's access log); nothing is left in the temporary directory after Ctrl-C.
+
+The proxy decides by access rules (`demo_rules`): `/members` needs a session, `/admin`
+also needs the permission `demo:admin#access` for the user, checked by the
+`ory_permissions` authorizer against a local Keto stand-in that is seeded with one
+relation tuple: the demo user has it, the guest user (same password) does not and gets 403.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from ory_wsgi.app import build_app
 from ory_wsgi.devserver import OwnDateAndServer, QuietRequestHandler
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratosServer, serve
+from ory_wsgi.testing.keto import FakeKetoServer, serve_keto
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "ory-wsgi-demo"  # noqa: S105 - the demo's published test login
+GUEST_EMAIL = "guest@example.com"  # same password; logged in, but not allowed in /admin
+# The relation tuple the /admin rule asks Keto about: namespace, object, relation (+ user).
+ADMIN_PERMISSION = ("demo", "admin", "access")
 
 FAVICON = (
     b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64">'
@@ -112,6 +121,8 @@ class SampleApp:
             status, title, body = "200 OK", "Home", self.home(visitor)
         elif path == "/members" or path.startswith("/members/"):
             status, title, body = "200 OK", "Members area", self.members(visitor, environ)
+        elif path == "/admin" or path.startswith("/admin/"):
+            status, title, body = "200 OK", "Admin area", self.admin(visitor)
         else:
             status, title = "404 Not Found", "Not found"
             body = '<section><h1>Not found</h1><p><a href="/">Back home</a></p></section>'
@@ -160,7 +171,8 @@ class SampleApp:
             '<link rel=icon href="/favicon.ico" type="image/svg+xml">'
             f"<style>{STYLE}</style></head>\n<body><header><div>"
             '<a class=brand href="/">ory_wsgi demo</a><a href="/">Home</a>'
-            f'<a href="/members">Members area</a>{account}</div></header>\n'
+            '<a href="/members">Members area</a><a href="/admin">Admin area</a>'
+            f"{account}</div></header>\n"
             f"<main>{body}</main></body></html>\n"
         )
 
@@ -180,12 +192,33 @@ class SampleApp:
                 f'<a href="{SIGN_UP}">sign up</a> with any email address.</p>'
             )
         problem = f"<p class=bad>{_e(visitor.problem)}</p>" if visitor.problem else ""
+        namespace, obj, relation = ADMIN_PERMISSION
         return (
             "<section><h1>A sample app behind ory_wsgi</h1>"
             "<p>This app never sees a password. Ory (here a local stand-in) signs users in on"
             " this same domain, under <code>/.ory/</code>; the proxy checks the session on"
             " every request and hands the app a signed JWT saying who the user is.</p>"
             f"{problem}{state}</section>"
+            "<section><h2>Permissions: the admin area</h2>"
+            '<p><a href="/admin">The admin area</a> needs more than a login: the proxy asks'
+            " Ory Permissions (Keto, here a local stand-in) whether the user has"
+            f" <code>{_e(namespace)}:{_e(obj)}#{_e(relation)}</code>, and only then lets the"
+            f" request through. Log in as <strong>{_e(DEMO_EMAIL)}</strong> to get in; log"
+            f" in as <strong>{_e(GUEST_EMAIL)}</strong> (same password) to be refused with"
+            " 403.</p></section>"
+        )
+
+    def admin(self, visitor: Visitor) -> str:
+        # The proxy lets a request in here only when Keto allowed it (the /admin rule).
+        namespace, obj, relation = ADMIN_PERMISSION
+        subject = (visitor.claims or {}).get("sub", "")
+        return (
+            "<section><h1>Admin area</h1>"
+            f"<p class=ok>Welcome, {_e(visitor.email)}: Keto allowed"
+            f" <code>{_e(namespace)}:{_e(obj)}#{_e(relation)}@{_e(subject)}</code>.</p>"
+            f"<p>{_e(GUEST_EMAIL)} is logged in just as well, but has no such relation"
+            " tuple: the proxy answers it 403 and this app never sees the request.</p>"
+            "</section>"
         )
 
     def members(self, visitor: Visitor, environ: WSGIEnvironment) -> str:
@@ -264,6 +297,7 @@ class Demo:
         self._servers: list[BaseWSGIServer] = []
         self._background: threading.Thread | None = None
         self.ory: FakeKratosServer | None = None
+        self.keto: FakeKetoServer | None = None
         try:
             self._start(port, host)
         except BaseException:
@@ -278,7 +312,10 @@ class Demo:
             default_return_url=self.public_url + "/",
             login_hint=f"Demo account: {DEMO_EMAIL} / {DEMO_PASSWORD}",
         )
-        self.ory.kratos.add_identity(DEMO_EMAIL, DEMO_PASSWORD)
+        demo_user = self.ory.kratos.add_identity(DEMO_EMAIL, DEMO_PASSWORD)
+        self.ory.kratos.add_identity(GUEST_EMAIL, DEMO_PASSWORD)
+        self.keto = serve_keto(host, 0)
+        self.keto.keto.add(*ADMIN_PERMISSION, subject_id=demo_user["id"])
         sample = SampleApp(f"http://{host}:{port}/.ory/jwks.json")
         app_server = make_server(
             host, 0, sample, threaded=True, request_handler=QuietRequestHandler
@@ -298,7 +335,7 @@ class Demo:
                 "server": {"host": host, "port": port},
                 "ory": {"sdk_url": self.ory.url},
                 "log": {"format": "text"},
-                "protect": [{"prefix": "/members"}],
+                **demo_rules(self.public_url, self.keto.url),
             },
         )
         self.proxy = make_server(
@@ -337,6 +374,9 @@ class Demo:
         if self.ory is not None:
             self.ory.stop()
             self.ory = None
+        if self.keto is not None:
+            self.keto.stop()
+            self.keto = None
         self._state.cleanup()
 
     def __enter__(self) -> Demo:
@@ -349,6 +389,81 @@ class Demo:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def demo_rules(public_url: str, keto_url: str) -> dict[str, Any]:
+    """The demo's access rules and the handlers they use, as settings (TOML key names).
+
+    `/admin` and `/members` need a session (a browser without one is sent to log in,
+    anything else gets 401); `/admin` also needs Keto to allow `ADMIN_PERMISSION` for
+    the user (403 otherwise); every other path is open, with the user's JWT when there
+    is a session.
+    """
+    namespace, obj, relation = ADMIN_PERMISSION
+    # Any host and port: the demo is reached as localhost and as 127.0.0.1.
+    site = "<https?>://<[^/]+>"
+    session = [{"handler": "cookie_session"}, {"handler": "bearer_token"}]
+    optional = [{"handler": h["handler"], "config": {"optional": True}} for h in session]
+    token = [{"handler": "id_token", "config": {"only_with_session": True}}]
+    errors = [
+        {
+            "handler": "redirect",
+            "config": {
+                "to": f"{public_url}{LOGIN}",
+                "code": 303,
+                "return_to_query_param": "return_to",
+                "when": [
+                    {"error": ["unauthorized"], "request": {"header": {"accept": ["text/html"]}}}
+                ],
+            },
+        },
+        {"handler": "json"},
+    ]
+    methods = ["GET", "HEAD", "POST"]
+    permission = {
+        "url": keto_url,
+        "namespace": namespace,
+        "object": obj,
+        "relation": relation,
+        "subject_id": "{{ print .Subject }}",
+        "cache": {"ttl": "1s"},
+    }
+    rules = [
+        {
+            "id": "admin",
+            "match": {"url": f"{site}/admin<(/.*)?>", "methods": methods},
+            "authenticators": session,
+            "authorizer": {"handler": "ory_permissions", "config": permission},
+            "mutators": token,
+            "errors": errors,
+        },
+        {
+            "id": "members",
+            "match": {"url": f"{site}/members<(/.*)?>", "methods": methods},
+            "authenticators": session,
+            "authorizer": {"handler": "allow"},
+            "mutators": token,
+            "errors": errors,
+        },
+        {
+            "id": "site",
+            "match": {
+                "url": f"{site}/<.*>",
+                "methods": [*methods, "PUT", "PATCH", "DELETE", "OPTIONS"],
+            },
+            "authenticators": [*optional, {"handler": "noop"}],
+            "authorizer": {"handler": "allow"},
+            "mutators": token,
+        },
+    ]
+    enabled = {"enabled": True}
+    return {
+        "rule": rules,
+        "authenticators": {"cookie_session": enabled, "bearer_token": enabled, "noop": enabled},
+        "authorizers": {"allow": enabled, "ory_permissions": enabled},
+        "mutators": {"id_token": enabled},
+        "errors": {"handlers": {"redirect": enabled, "json": enabled}},
+    }
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -365,8 +480,10 @@ def run_demo(port: int = 4000, host: str = "127.0.0.1") -> int:
         print(
             f"ory-wsgi demo\n"
             f"  Ory stand-in: {demo.ory.url}\n"
+            f"  Keto stand-in: {demo.keto.url if demo.keto else ''}\n"
             f"  sample app:   {demo.app_url}\n"
             f"  open:         {demo.public_url}/   (log in as {DEMO_EMAIL} / {DEMO_PASSWORD})\n"
+            f"  admin area:   {demo.public_url}/admin   ({GUEST_EMAIL}, same password: 403)\n"
             "Press Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,

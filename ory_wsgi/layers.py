@@ -69,7 +69,7 @@ def ory_layers(
         cookie_names=cookie_names,
         rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
     )
-    pipeline, shorthand = build_pipeline(services)
+    pipeline, shorthand, rules = build_pipeline(services)
 
     def around(app: WSGIApplication) -> WSGIApplication:
         return Decide(
@@ -81,15 +81,18 @@ def ory_layers(
             shorthand=shorthand,
         )
 
-    routes[READY_PATH] = Readiness(keys, client, degraded=redis_health(fleet, keys))
+    routes[READY_PATH] = Readiness(keys, client, degraded=redis_health(fleet, keys), rules=rules)
     routes["/.ory/proxy/logout"] = LogoutEndpoint(
         client, cache, cookie_names, settings.proxy.default_redirect_url or public + "/", fleet
     )
     return around, routes
 
 
-def build_pipeline(services: Services) -> tuple[Pipeline, ShorthandIndex | None]:
-    """Access rules when any are configured, else `[[protect]]`/`[[public]]` as rules."""
+def build_pipeline(
+    services: Services,
+) -> tuple[Pipeline, ShorthandIndex | None, RuleSource | None]:
+    """Access rules when any are configured (with their source, which readiness
+    watches), else `[[protect]]`/`[[public]]` as rules."""
     settings = services.settings
     status = settings.access_rules.no_match_status
     if settings.rule or settings.access_rules.repositories:
@@ -101,10 +104,10 @@ def build_pipeline(services: Services) -> tuple[Pipeline, ShorthandIndex | None]
             )
         registry = default_registry(services)
         source = RuleSource(settings, validate=registry.validate)
-        return Pipeline(registry, source.current, no_match_status=status), None
+        return Pipeline(registry, source.current, no_match_status=status), None, source
     index = ShorthandIndex(settings)
     pipeline = Pipeline(shorthand_registry(services), lambda: index, trusted=True)
-    return pipeline, index
+    return pipeline, index, None
 
 
 def ory_forwarder_for(settings: Settings, public: str) -> OryForwarder:

@@ -9,6 +9,13 @@ While a fleet's Redis is out the worker stays ready (200) and says so:
 `{"status": "ok", "degraded": true, "reason": "redis_unavailable: ..."}`.
 Shutdown is announced by `begin_shutdown()`, which the shipped gunicorn
 config calls from the worker's SIGTERM handler: the app never sees signals.
+
+When access rules are configured (`rules`, the `RuleSource`), readiness is
+503 `rules_not_loaded`, naming the load problem, until a valid rule set is in
+force. Asking readiness also checks the rule files (`rules.current()`, at
+most once a reload interval), so a fixed file turns a worker ready without
+traffic. A later broken edit keeps the last good set in force: readiness
+stays 200 and says `"rules_error": "<why the edit was not loaded>"`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from urllib3.exceptions import HTTPError
 from urllib3.util import Timeout
@@ -35,6 +43,18 @@ _HEADERS = [("Cache-Control", "no-store")]
 # A plain module flag, not an Event: it is set from a signal handler, where
 # taking a lock the interrupted thread may hold could deadlock.
 _shutting_down = False
+
+
+class RuleState(Protocol):
+    """What readiness reads of the rule source (`ory_wsgi.rules.watch.RuleSource`)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def error(self) -> str: ...
+
+    def current(self) -> object: ...
 
 
 def begin_shutdown() -> None:
@@ -56,8 +76,10 @@ class Readiness:
         client: OryClient | None = None,
         interval: float = CHECK_INTERVAL,
         degraded: Callable[[], str] | None = None,
+        rules: RuleState | None = None,
     ) -> None:
         self.keys = keys
+        self.rules = rules
         self.client = client
         self.degraded = degraded
         """Why the worker runs with less than it should ("" when it does not), e.g. no Redis."""
@@ -84,6 +106,8 @@ class Readiness:
         if self.degraded is not None and (why := self.degraded()):
             body["degraded"] = True
             body["reason"] = why
+        if self.rules is not None and self.rules.error:
+            body["rules_error"] = self.rules.error
         return json_answer(start_response, 200, body, _HEADERS)
 
     def problem(self) -> tuple[str, str]:
@@ -92,6 +116,11 @@ class Readiness:
             return "shutting_down", "This worker is shutting down."
         if self.keys is not None and not self.keys.material.keys:
             return "keys_not_loaded", "No signing key is loaded."
+        rules = self.rules
+        if rules is not None:
+            rules.current()  # checks the files once an interval, as a request would
+            if not rules.ready:
+                return "rules_not_loaded", f"No valid access rule set is loaded: {rules.error}"
         client = self.client
         if client is None:
             return "", ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 import requests
 from joserfc.jwk import KeySet as JoseKeySet
@@ -16,11 +17,22 @@ PASSWORD = "correct horse battery staple"
 Start = Callable[..., Gunicorn]
 
 
+class Served(Protocol):
+    url: str
+
+
 def login(
-    proxy: Gunicorn, fake_ory: FakeKratos, email: str = "ada@example.com"
+    proxy: Served,
+    fake_ory: FakeKratos | None,
+    email: str = "ada@example.com",
+    password: str = PASSWORD,
 ) -> requests.Session:
-    """Log in as a browser would: follow Ory's login flow through the proxy and post its form."""
-    fake_ory.add_identity(email, PASSWORD)
+    """Log in as a browser would: follow Ory's login flow through the proxy and post its form.
+
+    The identity is added to `fake_ory` first; with None it must exist already (the demo's).
+    """
+    if fake_ory is not None:
+        fake_ory.add_identity(email, password)
     browser = requests.Session()
     page = browser.get(f"{proxy.url}/.ory/self-service/login/browser", timeout=10)
     assert page.status_code == 200, page.text
@@ -35,7 +47,7 @@ def login(
         data={
             "csrf_token": csrf.group(1),
             "identifier": email,
-            "password": PASSWORD,
+            "password": password,
             "method": "password",
         },
         timeout=10,

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import requests
+from ory_flows import login
 from servers import ROOT, ThreadedServer, free_port, wait_for_port
 
-from ory_wsgi.demo import Demo
+from ory_wsgi.demo import ADMIN_PERMISSION, DEMO_EMAIL, DEMO_PASSWORD, GUEST_EMAIL, Demo
 from ory_wsgi.devserver import OwnDateAndServer
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
@@ -107,3 +109,39 @@ def test_demo_on_a_busy_port_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"Port {port} is in use" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_admin_area_lets_the_demo_user_in_and_refuses_the_guest_with_403() -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    demo = Demo(port=port, public_url=base)
+    demo.serve_in_background()
+    try:
+        assert demo.keto is not None
+        keto = demo.keto.keto
+        home = requests.get(f"{base}/", timeout=10).text
+        assert 'href="/admin"' in home and GUEST_EMAIL in home and DEMO_EMAIL in home
+        assert "403" in home
+
+        anonymous = requests.get(
+            f"{base}/admin", headers={"Accept": "text/html"}, allow_redirects=False, timeout=10
+        )
+        assert anonymous.status_code == 303
+        assert anonymous.headers["Location"].startswith(f"{base}/.ory/self-service/login/browser")
+        assert keto.check_calls == 0  # no session: Keto is not asked
+
+        admin = login(SimpleNamespace(url=base), None, DEMO_EMAIL, DEMO_PASSWORD)
+        allowed = admin.get(f"{base}/admin", timeout=10)
+        assert allowed.status_code == 200
+        namespace, obj, relation = ADMIN_PERMISSION
+        assert f"Keto allowed <code>{namespace}:{obj}#{relation}@" in allowed.text
+        assert keto.check_calls == 1
+
+        guest = login(SimpleNamespace(url=base), None, GUEST_EMAIL, DEMO_PASSWORD)
+        assert guest.get(f"{base}/members", timeout=10).status_code == 200
+        refused = guest.get(f"{base}/admin/settings", timeout=10)
+        assert refused.status_code == 403
+        assert "Admin area" not in refused.text  # the app never saw it
+        assert keto.check_calls == 2
+    finally:
+        demo.close()

@@ -96,6 +96,8 @@ def test_login_members_jwt_and_logout(visit: Visit) -> None:
     assert f'"iss": "{base}"' in claims and f'"email": "{DEMO_EMAIL}"' in claims
     assert f'"schema_url": "{base}/.ory/schemas/' in claims
     expect(nav.get_by_role("link", name="Log in")).to_have_count(0)
+    nav.get_by_role("link", name="Admin area").click()
+    expect(page.get_by_text(f"Welcome, {DEMO_EMAIL}: Keto allowed")).to_be_visible()
     response = page.request.get(f"{base}/favicon.ico")
     assert response.ok and response.headers["content-type"] == "image/svg+xml"
 
