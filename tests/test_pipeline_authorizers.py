@@ -289,11 +289,17 @@ def test_permissions_config_is_checked_at_load(
     assert WHERE in str(failed.value)
 
 
-def doc_rule(handler: str) -> dict[str, Any]:
-    """The [[rule]] example of docs/rules-handlers.md whose authorizer is `handler`."""
+def doc_rule(handler: str, mutator: str = "") -> dict[str, Any]:
+    """The [[rule]] example of docs/rules-handlers.md whose authorizer is `handler`
+    (and that has the mutator `mutator`, when given)."""
     documents = [tomllib.loads(b) for b in doc_blocks("toml", "rules-handlers.md")]
     rules = [rule for document in documents for rule in document.get("rule", [])]
-    return next(r for r in rules if r.get("authorizer", {}).get("handler") == handler)
+    return next(
+        r
+        for r in rules
+        if r.get("authorizer", {}).get("handler") == handler
+        and (not mutator or any(m["handler"] == mutator for m in r.get("mutators", [])))
+    )
 
 
 def test_the_claims_example_in_the_docs() -> None:
@@ -327,7 +333,13 @@ def test_the_rule_examples_in_the_docs_load_as_rules(tmp_path: Path) -> None:
     text = (Path(__file__).parent.parent / "docs" / "rules-handlers.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
     rule_set = load(tmp_path, "[access_rules]\n" + "\n".join(blocks))
-    assert [r.id for r in rule_set.rules] == ["admin-area", "documents", "reports", "payments"]
+    assert [r.id for r in rule_set.rules] == [
+        "profile",
+        "admin-area",
+        "documents",
+        "reports",
+        "payments",
+    ]
     assert rule_set.invalid == ()
 
 
