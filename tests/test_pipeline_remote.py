@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 import requests
 from conftest import ProxyFactory
 from pytest_httpserver import HTTPServer
-from servers import ThreadedServer
+from servers import Gunicorn, ThreadedServer
+from test_faults import TRICKLE_CONFIG, TRICKLES, trickle
 from test_pipeline_authorizers import WHERE, doc_rule, refusal, session_with
 from test_pipeline_mutators import make_services
 from werkzeug.test import EnvironBuilder
@@ -189,14 +191,10 @@ def judge(request: Request) -> Response:
     return Response("", 200 if document.get("amount", 1000) <= 100 else 403)
 
 
-def test_the_upstream_gets_the_bytes_the_service_judged(
-    tmp_path: Path,
-    start_proxy: ProxyFactory,
-    upstream: ThreadedServer,
-    httpserver: HTTPServer,
-    fake_ory: FakeKratos,
-) -> None:
-    httpserver.expect_request("/check").respond_with_handler(judge)
+def remote_proxy(
+    tmp_path: Path, start_proxy: ProxyFactory, upstream: str, ory: str, remote: str, extra: str
+) -> Gunicorn:
+    """The proxy under gunicorn with one rule: anonymous POST /pay, the `remote` authorizer."""
     rules = tmp_path / "rules.json"
     rules.write_text(
         json.dumps(
@@ -205,21 +203,36 @@ def test_the_upstream_gets_the_bytes_the_service_judged(
                     "id": "pay",
                     "match": {"methods": ["POST"], "url": "<https?>://<[^/]+>/pay"},
                     "authenticators": [{"handler": "anonymous"}],
-                    "authorizer": {
-                        "handler": "remote",
-                        "config": {"remote": httpserver.url_for("/check")},
-                    },
+                    "authorizer": {"handler": "remote", "config": {"remote": remote}},
                     "mutators": [{"handler": "noop"}],
                 }
             ]
         )
     )
-    proxy = start_proxy(
-        f'[proxy]\nupstream = "{upstream.url}"\nmax_body_size = 4096\n'
-        f'[ory]\nsdk_url = "{fake_ory.url}"\n'
+    return start_proxy(
+        f'[proxy]\nupstream = "{upstream}"\n{extra}'
+        f'[ory]\nsdk_url = "{ory}"\n'
         f'[access_rules]\nrepositories = ["{rules}"]\n'
         "[authenticators.anonymous]\nenabled = true\n[authorizers.remote]\nenabled = true\n"
         "[mutators.noop]\nenabled = true\n"
+    )
+
+
+def test_the_upstream_gets_the_bytes_the_service_judged(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    upstream: ThreadedServer,
+    httpserver: HTTPServer,
+    fake_ory: FakeKratos,
+) -> None:
+    httpserver.expect_request("/check").respond_with_handler(judge)
+    proxy = remote_proxy(
+        tmp_path,
+        start_proxy,
+        upstream.url,
+        fake_ory.url,
+        httpserver.url_for("/check"),
+        "max_body_size = 4096\n",
     )
     small = json.dumps({"amount": 12, "pad": "x" * 1000}).encode()
     for body in (small, iter([small[:500], small[500:]])):  # sized, then chunked
@@ -232,3 +245,33 @@ def test_the_upstream_gets_the_bytes_the_service_judged(
     assert requests.post(f"{proxy.url}/pay", data=big, timeout=10).status_code == 403
     too_big = json.dumps({"amount": 1, "pad": "x" * 5000}).encode()
     assert requests.post(f"{proxy.url}/pay", data=too_big, timeout=10).status_code == 413
+
+
+@pytest.mark.parametrize("case", ["sized_one_byte_a_second", "chunked_one_chunk_a_second"])
+def test_a_body_trickled_to_the_remote_check_is_408_at_its_deadline(
+    tmp_path: Path,
+    start_proxy: ProxyFactory,
+    upstream: ThreadedServer,
+    httpserver: HTTPServer,
+    fake_ory: FakeKratos,
+    case: str,
+) -> None:
+    # gunicorn puts no limit on a body: the authorizer's read is held to the forwarder's.
+    httpserver.expect_request("/check").respond_with_data("", 200)
+    proxy = remote_proxy(
+        tmp_path,
+        start_proxy,
+        upstream.url,
+        fake_ory.url,
+        httpserver.url_for("/check"),
+        TRICKLE_CONFIG,
+    )
+    head, pieces = TRICKLES[case]
+    status, seconds = trickle(proxy.port, head.replace(b"/echo", b"/pay"), pieces, pause=0.5)
+    assert status == 408
+    assert seconds < 8
+    assert len(httpserver.log) == 0
+    time.sleep(0.2)
+    log = proxy.log()
+    assert log.count("body_timeout:") == 1, log
+    assert "Traceback" not in log
