@@ -164,7 +164,7 @@ def login(fake_ory: FakeKratos, email: str) -> tuple[str, dict[str, str]]:
     return str(identity["id"]), {"Cookie": cookie}
 
 
-class Services:
+class RemoteApis:
     """The remote APIs: what they were sent, and how they decide."""
 
     def __init__(self, server: HTTPServer, ada: str) -> None:
@@ -194,7 +194,7 @@ def test_part_two_handlers_decide_alike_in_every_mode(
     ada, as_ada = login(fake_ory, "ada@example.com")
     bob, as_bob = login(fake_ory, "bob@example.com")
     fake_keto.add("documents", "doc-1", "view", subject_id=ada)
-    services = Services(httpserver, ada)
+    apis = RemoteApis(httpserver, ada)
     json_body = {"Content-Type": "application/json"}
     cases: list[tuple[str, str, dict[str, str], int, str | None]] = [
         ("GET", "/admin/x", as_ada, 200, ""),
@@ -228,7 +228,7 @@ def test_part_two_handlers_decide_alike_in_every_mode(
     # The remote service judged the body through the proxy and the middleware; a gateway
     # keeps it, so the decisions endpoint sends none (docs/rules-handlers.md).
     sent = BODY if served.name != "nginx" else b""
-    assert services.judged == [(sent, "application/json")] * 2
+    assert apis.judged == [(sent, "application/json")] * 2
 
 
 RATE_LIMITED = {
@@ -246,7 +246,7 @@ def test_a_429_from_the_service_is_passed_on_with_its_retry_after(
 ) -> None:
     ada, as_ada = login(fake_ory, "ada@example.com")
     fake_keto.add("documents", "doc-limited", "view", subject_id=ada)
-    Services(httpserver, ada)
+    RemoteApis(httpserver, ada)
     if kind == "session":
         fake_ory.fail_whoami(429, retry_after="7")
     elif kind == "ory_permissions":
