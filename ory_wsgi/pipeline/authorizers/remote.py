@@ -173,7 +173,10 @@ def _too_slow(where: str, deadline: BodyDeadline) -> DecisionError:
 
 def _bad(where: str, what: str) -> DecisionError:
     log.warning("%s: bad_request: %s", where, what)
-    return DecisionError(400, "bad_request", f"Malformed request: {what}.")
+    # The body was left unread: this connection cannot carry another request.
+    return DecisionError(
+        400, "bad_request", f"Malformed request: {what}.", headers=[("Connection", "close")]
+    )
 
 
 def _too_large(where: str, limit: int) -> DecisionError:
