@@ -183,6 +183,12 @@ def test_the_remote_example_in_the_docs(httpserver: HTTPServer) -> None:
     ).respond_with_data("", 200, headers={"X-Tenant": "acme"})
     handler.authorize(posted(), ada, prepared)
     assert ada.header == {"X-Tenant": "acme"}
+    # An answer without it: set empty, so the client's own X-Tenant cannot pass as the service's.
+    httpserver.clear()
+    httpserver.expect_request("/check").respond_with_data("", 200)
+    bob = session_with(("q3",))
+    handler.authorize(posted(), bob, prepared)
+    assert bob.header == {"X-Tenant": ""}
 
 
 def judge(request: Request) -> Response:

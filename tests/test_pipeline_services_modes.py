@@ -175,8 +175,9 @@ class RemoteApis:
         server.expect_request("/hydrate", method="POST").respond_with_handler(self.hydrate)
 
     def json_check(self, request: Request) -> Response:
-        allowed = request.get_json()["report"] == "q1"
-        return Response("", 200 if allowed else 403, headers={"X-Tenant": "acme"})
+        report = request.get_json()["report"]
+        tenant = {"X-Tenant": "acme"} if report == "q1" else {}
+        return Response("", 200 if report in ("q1", "q3") else 403, headers=tenant)
 
     def remote(self, request: Request) -> Response:
         self.judged.append((request.get_data(), request.headers.get("Content-Type", "")))
@@ -205,6 +206,8 @@ def test_part_two_handlers_decide_alike_in_every_mode(
         ("GET", "/docs/doc-1", as_bob, 403, None),
         ("GET", "/reports/q1", as_ada, 200, ""),
         ("GET", "/reports/q2", as_ada, 403, None),
+        # The service names no tenant: the client's own X-Tenant must not pass as its.
+        ("GET", "/reports/q3", {**as_ada, "X-Tenant": "evil"}, 200, ""),
         ("POST", "/pay/now", {**as_ada, **json_body}, 200, ""),
         ("POST", "/pay/now", {**as_bob, **json_body}, 403, None),
         ("GET", "/profile", as_ada, 200, "gold"),
@@ -220,8 +223,9 @@ def test_part_two_handlers_decide_alike_in_every_mode(
         token = echoed["headers"]["Authorization"].removeprefix("Bearer ")
         claims = jwt.decode(token, served.keys, algorithms=["ES256"]).claims
         assert (claims["sub"], claims.get("plan")) == (bob if plan == "basic" else ada, plan)
-        if path == "/reports/q1" and served.relays_headers:
-            assert echoed["headers"]["X-Tenant"] == "acme"
+        if path.startswith("/reports/") and served.relays_headers:
+            tenant = echoed["headers"].get("X-Tenant", "")
+            assert tenant == ("acme" if path == "/reports/q1" else ""), (served.name, path)
         if method == "POST":
             # What the app receives is what was sent (and, but for the gateway, judged).
             assert echoed["sha256"] == hashlib.sha256(BODY).hexdigest()

@@ -240,8 +240,11 @@ def unavailable(error_id: str = "authorizer_unavailable", message: str = "") -> 
 
 
 def forward_headers(answer: Answer, names: Sequence[str], into: dict[str, str], where: str) -> None:
-    """The answer's headers named in `forward_response_headers_to_upstream`, for the upstream."""
+    """The answer's headers named in `forward_response_headers_to_upstream`, for the upstream.
+
+    A listed header the answer lacks is set empty, as Oathkeeper does: the
+    client's own header of that name must not reach the upstream as if the
+    service had said it.
+    """
     for name in names:
-        value = answer.header(name)
-        if value:
-            into[name] = header_value(value, name, where)
+        into[name] = header_value(answer.header(name), name, where)

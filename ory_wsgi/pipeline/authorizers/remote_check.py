@@ -9,7 +9,8 @@ Per request the body is POSTed with its `Content-Type`, the client's
 `Authorization` (as Oathkeeper sends it; a `headers` template of that name
 replaces it) and the rendered `headers`. Then:
 - 200: allowed; each header named in `forward_response_headers_to_upstream`
-  that the answer carries is set on the upstream request (`session.header`);
+  is set on the upstream request (`session.header`) to the answer's value,
+  or empty when the answer has none (the client's own never goes through);
 - 403: 403 forbidden;
 - 429: passed on with the service's `Retry-After` (and `X-RateLimit-*`);
 - anything else, or no answer before `give_up_after`: 503 with
