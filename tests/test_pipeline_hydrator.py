@@ -6,6 +6,7 @@ import base64
 import copy
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -161,7 +162,8 @@ def test_429_is_passed_on_and_an_unreachable_api_is_503() -> None:
     finally:
         server.stop()
     handler, prepared = hydrator(url, api={"url": url, "retry": {"give_up_after": "200ms"}})
-    assert refusal(handler, prepared).status == 503
+    error = refusal(handler, prepared)
+    assert (error.status, error.error_id) == (503, "hydrator_unavailable")
 
 
 @pytest.mark.parametrize(
@@ -194,3 +196,25 @@ def test_the_hydrator_example_in_the_docs(httpserver: HTTPServer) -> None:
         handler.mutate(facts(), session, prepared)
         assert session.extra["plan"] == "gold"
     assert len(httpserver.log) == 1  # the example turns the cache on
+
+
+def test_concurrent_first_requests_of_one_session_cost_one_call(httpserver: HTTPServer) -> None:
+    def slow(request: Request) -> Response:
+        time.sleep(0.3)
+        return enrich(request)
+
+    httpserver.expect_request("/hydrate").respond_with_handler(slow)
+    url = httpserver.url_for("/hydrate")
+    handler, prepared = hydrator(
+        url, api={"url": url, "retry": {"max_delay": "2s"}}, cache={"enabled": True}
+    )
+    sessions = [kratos_session() for _ in range(8)]
+    threads = [
+        threading.Thread(target=handler.mutate, args=(facts(), s, prepared)) for s in sessions
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert [s.extra.get("plan") for s in sessions] == ["gold"] * 8
+    assert len(httpserver.log) == 1

@@ -158,6 +158,7 @@ class HydratorMutator:
             retry=prepared.retry,
             read=True,
             max_answer=MAX_ANSWER,
+            failed=_unavailable,
         )
         if answer.status == 429:
             raise rate_limited(answer, where, endpoint.url)
