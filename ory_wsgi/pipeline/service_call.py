@@ -6,8 +6,9 @@ templates, and the answers every such handler gives (SPEC §16).
     headers = template_headers(config, where)                    # at load
     answer = post(endpoint, {...}, body, where=where, retry=retry, read=True)   # per request
 
-Used by the `remote`, `remote_json` and `ory_permissions` authorizers and the
-`hydrator` mutator. What they share, decided once here:
+Used by the `remote` and `remote_json` authorizers and the `hydrator` mutator
+(`ory_permissions` takes only its pools from here: its answers are cached and
+it keeps its own outcomes). What they share, decided once here:
 - one `UpstreamPool` per origin and timeout per handler, built at load;
 - `retry = {max_delay, give_up_after}`: `max_delay` bounds each attempt
   (connect and each read), a connection failure or timeout is tried again
