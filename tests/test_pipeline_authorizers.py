@@ -23,7 +23,7 @@ from ory_wsgi.errors import ConfigError
 from ory_wsgi.pipeline.authorizers import AUTHORIZERS
 from ory_wsgi.pipeline.decision import Pipeline
 from ory_wsgi.pipeline.errors import DecisionError
-from ory_wsgi.pipeline.state import AuthSession
+from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.rules.matcher import Matcher
 from ory_wsgi.rules.model import AccessRule, Handler, Match, RuleSet
 from ory_wsgi.rules.template import MatchContext, RequestURL
@@ -137,9 +137,11 @@ def permissions(fake_keto: FakeKeto, **config: Any) -> tuple[Any, Any]:
     return handler, handler.prepare(settings, WHERE)
 
 
-def refusal(handler: Any, session: AuthSession, prepared: Any) -> DecisionError:
+def refusal(
+    handler: Any, session: AuthSession, prepared: Any, request: RequestFacts | None = None
+) -> DecisionError:
     with pytest.raises(DecisionError) as refused:
-        handler.authorize(facts(), session, prepared)
+        handler.authorize(request or facts(), session, prepared)
     return refused.value
 
 
@@ -287,11 +289,17 @@ def test_permissions_config_is_checked_at_load(
     assert WHERE in str(failed.value)
 
 
-def doc_rule(handler: str) -> dict[str, Any]:
-    """The [[rule]] example of docs/rules-handlers.md whose authorizer is `handler`."""
+def doc_rule(handler: str, mutator: str = "") -> dict[str, Any]:
+    """The [[rule]] example of docs/rules-handlers.md whose authorizer is `handler`
+    (and that has the mutator `mutator`, when given)."""
     documents = [tomllib.loads(b) for b in doc_blocks("toml", "rules-handlers.md")]
     rules = [rule for document in documents for rule in document.get("rule", [])]
-    return next(r for r in rules if r.get("authorizer", {}).get("handler") == handler)
+    return next(
+        r
+        for r in rules
+        if r.get("authorizer", {}).get("handler") == handler
+        and (not mutator or any(m["handler"] == mutator for m in r.get("mutators", [])))
+    )
 
 
 def test_the_claims_example_in_the_docs() -> None:
@@ -325,7 +333,13 @@ def test_the_rule_examples_in_the_docs_load_as_rules(tmp_path: Path) -> None:
     text = (Path(__file__).parent.parent / "docs" / "rules-handlers.md").read_text()
     blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
     rule_set = load(tmp_path, "[access_rules]\n" + "\n".join(blocks))
-    assert [r.id for r in rule_set.rules] == ["admin-area", "documents", "reports"]
+    assert [r.id for r in rule_set.rules] == [
+        "profile",
+        "admin-area",
+        "documents",
+        "reports",
+        "payments",
+    ]
     assert rule_set.invalid == ()
 
 
@@ -453,3 +467,34 @@ def test_a_rule_with_ory_permissions_through_the_pipeline(
     fake_keto.fail_checks(503)
     down = web.get("/docs/doc-3", headers=cookie)
     assert down.status_code == 503 and down.headers["Retry-After"] == "5"
+
+
+def test_permissions_send_the_api_key_to_keto_and_never_log_it(
+    fake_keto: FakeKeto, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "ory_pat_s3cr3tK3y"
+    handler = AUTHORIZERS["ory_permissions"](make_services(None))
+    config = {
+        "url": fake_keto.url,
+        "namespace": "documents",
+        "object": "{{ index .MatchContext.RegexpCaptureGroups 0 }}",
+        "relation": "view",
+        "subject_id": "{{ .Subject }}",
+        "cache": {"ttl": "0s"},
+    }
+    keyed = handler.prepare({**config, "api_key": key}, WHERE)
+    unkeyed = handler.prepare(config, WHERE)
+    ada = session_with(("doc-1",))
+    fake_keto.add("documents", "doc-1", "view", subject_id=ada.subject)
+    fake_keto.require_api_key(key)
+    with caplog.at_level(logging.DEBUG):
+        handler.authorize(facts(), ada, keyed)
+        # Without the key the stand-in answers 401, as Ory Network does: closed.
+        assert refusal(handler, ada, unkeyed).status == 503
+        for bad in ("ory_pat_x\r\nX-Admin: 1", "two words", 42):
+            with pytest.raises(ConfigError) as refused:
+                handler.prepare({**config, "api_key": bad}, WHERE)
+            assert str(bad) not in str(refused.value)
+    assert fake_keto.check_calls == 2
+    assert key not in caplog.text
+    assert key not in repr(keyed)

@@ -13,9 +13,11 @@ and 403 through the decisions endpoint (SPEC §16: nginx takes no 404).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,18 +133,28 @@ class Mode:
     keys: KeySet
     relays_headers: bool
     flask: Any = None
+    decisions: str = ""  # the decisions endpoint's server, behind a gateway
+
+    def send(
+        self, method: str, path: str, headers: dict[str, str], data: bytes = b""
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Status, body and headers of one request in this mode."""
+        if self.flask is not None:
+            answer = self.flask.open(path, method=method, headers=headers, data=data)
+            return answer.status_code, answer.get_data(), dict(answer.headers)
+        got = requests.request(
+            method,
+            self.url + path,
+            headers=headers,
+            data=data or None,
+            allow_redirects=False,
+            timeout=10,
+        )
+        return got.status_code, got.content, dict(got.headers)
 
     def get(self, path: str, headers: dict[str, str]) -> Seen:
-        if self.flask is not None:
-            answer = self.flask.get(path, headers=headers)
-            status, body, location = (
-                answer.status_code,
-                answer.get_data(),
-                answer.headers.get("Location", ""),
-            )
-        else:
-            got = requests.get(self.url + path, headers=headers, allow_redirects=False, timeout=10)
-            status, body, location = got.status_code, got.content, got.headers.get("Location", "")
+        status, body, answered = self.send("GET", path, headers)
+        location = answered.get("Location", "")
         seen = Seen(status)
         if location:
             parts = urlsplit(location)
@@ -166,17 +178,89 @@ def write_rules(tmp_path: Path, public: str) -> Path:
     return path
 
 
-def proxy_config(tmp_path: Path, public: str, upstream: str, ory_url: str) -> str:
+RulesWriter = Callable[[Path, str], Path]  # (directory, public URL) -> the rule file
+
+
+def proxy_config(
+    tmp_path: Path,
+    public: str,
+    upstream: str,
+    ory_url: str,
+    writer: RulesWriter = write_rules,
+    enabled: str = ENABLED,
+) -> str:
     return (
         f'[proxy]\nupstream = "{upstream}"\npublic_url = "{public}"\n'
         'trusted_proxies = ["127.0.0.1/32"]\n'
         f'[ory]\nsdk_url = "{ory_url}"\n[decisions]\nenabled = true\n'
-        + ENABLED.format(rules=write_rules(tmp_path, public))
+        + enabled.format(rules=writer(tmp_path, public))
     )
 
 
 def jwks(url: str) -> KeySet:
     return KeySet.import_key_set(requests.get(f"{url}/.ory/jwks.json", timeout=5).json())
+
+
+@contextmanager
+def serving(
+    name: str,
+    tmp_path: Path,
+    upstream: ThreadedServer,
+    ory_url: str,
+    writer: RulesWriter = write_rules,
+    enabled: str = ENABLED,
+) -> Iterator[Mode]:
+    """One rule file served in mode `name`: "proxy", "nginx" (decisions endpoint) or "flask"."""
+    if name == "proxy":
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        config = tmp_path / "ory.toml"
+        config.write_text(proxy_config(tmp_path, public, upstream.url, ory_url, writer, enabled))
+        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path, port=port)
+        try:
+            yield Mode("proxy", server.url, jwks(server.url), relays_headers=True)
+        finally:
+            server.stop()
+    elif name == "nginx":
+        if find_binary(Nginx.binary_name) is None:
+            if os.environ.get("CI"):
+                raise RuntimeError("nginx is required in CI (.ci/run installs it)")
+            pytest.skip(f"nginx is not installed (apt-get install {Nginx.package})")
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        config = tmp_path / "ory.toml"
+        config.write_text(proxy_config(tmp_path, public, upstream.url, ory_url, writer, enabled))
+        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path)
+        gateway = Nginx(tmp_path, server.port, upstream.port, port)
+        try:
+            yield Mode(
+                "nginx", gateway.url, jwks(server.url), relays_headers=False, decisions=server.url
+            )
+        finally:
+            gateway.stop()
+            server.stop()
+    else:
+        public = "http://localhost"
+        config = tmp_path / "ory.toml"
+        config.write_text(
+            f'[proxy]\npublic_url = "{public}"\nstate_dir = "{tmp_path}"\n'
+            f'[ory]\nsdk_url = "{ory_url}"\n' + enabled.format(rules=writer(tmp_path, public))
+        )
+        app = Flask(__name__)
+
+        @app.route("/<path:anything>", methods=["GET", "POST"])
+        def echo(anything: str) -> dict[str, Any]:
+            body = flask_request.get_data()
+            return {
+                "headers": dict(flask_request.headers),
+                "size": len(body),
+                "sha256": hashlib.sha256(body).hexdigest(),
+            }
+
+        app.wsgi_app = OryMiddleware(app.wsgi_app, load_settings(config, env={}))  # type: ignore[method-assign]
+        client = app.test_client(use_cookies=False)
+        keys = KeySet.import_key_set(client.get("/.ory/jwks.json").get_json())
+        yield Mode("flask", public, keys, relays_headers=True, flask=client)
 
 
 @pytest.fixture(params=["proxy", "nginx", "flask"])
@@ -186,50 +270,8 @@ def mode(
     upstream: ThreadedServer,
     fake_ory: FakeKratos,
 ) -> Iterator[Mode]:
-    if request.param == "proxy":
-        port = free_port()
-        public = f"http://127.0.0.1:{port}"
-        config = tmp_path / "ory.toml"
-        config.write_text(proxy_config(tmp_path, public, upstream.url, fake_ory.url))
-        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path, port=port)
-        try:
-            yield Mode("proxy", server.url, jwks(server.url), relays_headers=True)
-        finally:
-            server.stop()
-    elif request.param == "nginx":
-        if find_binary(Nginx.binary_name) is None:
-            if os.environ.get("CI"):
-                raise RuntimeError("nginx is required in CI (.ci/run installs it)")
-            pytest.skip(f"nginx is not installed (apt-get install {Nginx.package})")
-        port = free_port()
-        public = f"http://127.0.0.1:{port}"
-        config = tmp_path / "ory.toml"
-        config.write_text(proxy_config(tmp_path, public, upstream.url, fake_ory.url))
-        server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path)
-        gateway = Nginx(tmp_path, server.port, upstream.port, port)
-        try:
-            yield Mode("nginx", gateway.url, jwks(server.url), relays_headers=False)
-        finally:
-            gateway.stop()
-            server.stop()
-    else:
-        public = "http://localhost"
-        config = tmp_path / "ory.toml"
-        config.write_text(
-            f'[proxy]\npublic_url = "{public}"\nstate_dir = "{tmp_path}"\n'
-            f'[ory]\nsdk_url = "{fake_ory.url}"\n'
-            + ENABLED.format(rules=write_rules(tmp_path, public))
-        )
-        app = Flask(__name__)
-
-        @app.route("/<path:anything>", methods=["GET", "POST"])
-        def echo(anything: str) -> dict[str, Any]:
-            return {"headers": dict(flask_request.headers)}
-
-        app.wsgi_app = OryMiddleware(app.wsgi_app, load_settings(config, env={}))  # type: ignore[method-assign]
-        client = app.test_client(use_cookies=False)
-        keys = KeySet.import_key_set(client.get("/.ory/jwks.json").get_json())
-        yield Mode("flask", public, keys, relays_headers=True, flask=client)
+    with serving(request.param, tmp_path, upstream, fake_ory.url) as served:
+        yield served
 
 
 def session(fake_ory: FakeKratos) -> tuple[str, dict[str, str]]:

@@ -18,6 +18,8 @@ A subject set is expanded as Keto does (members of the set are members of the
 relation), to a bounded depth. `fail_checks(status, retry_after=...)` makes
 every check answer that status (503 outage, 429 rate limit) until `reset()`;
 `delay` slows each check (single-flight tests). `check_calls` counts checks.
+`require_api_key("ory_pat_...")` makes every check without
+`Authorization: Bearer ory_pat_...` answer 401, as Ory Network does.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class FakeKeto:
             self.check_calls = 0
             self.fault: tuple[int, str | None] | None = None
             self.delay = 0.0
+            self.api_key: str | None = None
 
     def add(
         self,
@@ -75,6 +78,10 @@ class FakeKeto:
     def remove(self, namespace: str, object: str, relation: str, subject: str | SubjectSet) -> None:
         with self._lock:
             self.tuples.discard((namespace, object, relation, subject))
+
+    def require_api_key(self, key: str | None) -> None:
+        """Checks need `Authorization: Bearer <key>` from now on (None: no key, the default)."""
+        self.api_key = key
 
     def fail_checks(self, status: int, retry_after: str | None = None) -> None:
         self.fault = (status, retry_after)
@@ -102,6 +109,10 @@ class FakeKeto:
             return _error(405, "Method Not Allowed", "method not allowed")
         with self._lock:
             self.check_calls += 1
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error(401, "Unauthorized", "The request could not be authorized")
         if self.delay:
             time.sleep(self.delay)
         if self.fault is not None:

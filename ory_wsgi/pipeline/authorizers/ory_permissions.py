@@ -4,7 +4,8 @@
     handler = "ory_permissions"
     config = { url = "http://keto:4466", namespace = "documents",
                object = "{{ index .MatchContext.RegexpCaptureGroups 0 }}",
-               relation = "view", subject_id = "{{ .Subject }}", cache = { ttl = "5s" } }
+               relation = "view", subject_id = "{{ .Subject }}", cache = { ttl = "5s" },
+               api_key = "ory_pat_..." }
 
 `namespace`, `object`, `relation` and `subject_id` are templates (docs/rules-templates.md)
 over the session and the rule's capture groups, compiled at load; `subject_set =
@@ -20,15 +21,17 @@ Answers (allowed and denied) are cached per URL and rendered tuple for
 at most `cache.max_entries` of them, with single-flight: concurrent requests
 for one tuple make one call. Failures are never cached. Connections to each
 Keto URL are pooled (one pool per URL per worker, built at load).
+`api_key` (Ory Network's Permissions API wants a project API key) is sent as
+`Authorization: Bearer <api_key>` to `url` and nowhere else, and never logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,11 +42,11 @@ from ory_wsgi.pipeline.handler import Config
 from ory_wsgi.pipeline.handler_config import known_keys, string
 from ory_wsgi.pipeline.mutators.context import template_context
 from ory_wsgi.pipeline.mutators.header import render
+from ory_wsgi.pipeline.service_call import Endpoint, Endpoints
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.rules.template import Template, compile_template
 from ory_wsgi.settings import parse_duration
-from ory_wsgi.upstream_pool import UpstreamPool
 
 log = logging.getLogger("ory_wsgi.pipeline")
 
@@ -52,7 +55,9 @@ DEFAULT_TTL = 5.0
 DEFAULT_TIMEOUT = 2.0
 MAX_ANSWER = 64 * 1024
 PARTS = ("namespace", "object", "relation")
-KEYS = (*PARTS, "url", "subject_id", "subject_set", "cache", "timeout")
+# RFC 6750's b64token: what may follow "Bearer " (no space, no control character).
+TOKEN68_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+KEYS = (*PARTS, "url", "subject_id", "subject_set", "cache", "timeout", "api_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +74,19 @@ class Answer:
 class Prepared:
     where: str
     url: str
-    pool: UpstreamPool
-    target: str
-    host: str
+    endpoint: Endpoint
     parts: tuple[Template, Template, Template]
     subject_id: Template | None
     subject_set: tuple[Template, Template, Template] | None
     ttl: float
+    authorization: str = field(default="", repr=False)  # never in a log line
 
 
 class OryPermissions:
     name = "ory_permissions"
 
     def __init__(self, services: Services, max_entries: int = 10000) -> None:
-        self._pools: dict[tuple[str, float], UpstreamPool] = {}
-        self._pools_lock = threading.Lock()
+        self._endpoints = Endpoints()
         self.cache: DecisionCache[Answer] = services.decision_cache(
             self.name, lambda answer: answer.ttl, max_entries=max_entries
         )
@@ -115,24 +118,19 @@ class OryPermissions:
         timeout = parse_duration(config.get("timeout", DEFAULT_TIMEOUT), f"{where} timeout")
         if timeout <= 0:
             raise ConfigError(f"{where}: timeout must be more than 0")
-        origin = f"{split.scheme}://{split.netloc}"
-        with self._pools_lock:
-            pool = self._pools.get((origin, timeout))
-            if pool is None:
-                pool = UpstreamPool(
-                    origin, connect_timeout=timeout, read_timeout=timeout, maxsize=16
-                )
-                self._pools[(origin, timeout)] = pool
+        api_key = config.get("api_key") or ""
+        if not isinstance(api_key, str) or not TOKEN68_RE.match(api_key or "x"):
+            # Not echoed: the message may end up in a log.
+            raise ConfigError(f"{where}: api_key must be a token (ory_pat_...)")
         return Prepared(
             where,
             url,
-            pool,
-            split.path.rstrip("/") + CHECK_PATH,
-            split.netloc,
+            self._endpoints.get(url + CHECK_PATH, timeout, where),
             parts,
             id_template,
             set_templates,
             ttl,
+            f"Bearer {api_key}" if api_key else "",
         )
 
     def authorize(self, request: RequestFacts, session: AuthSession, prepared: Prepared) -> None:
@@ -174,14 +172,17 @@ class OryPermissions:
 
     def _check(self, prepared: Prepared, body: dict[str, Any]) -> Answer:
         payload = json.dumps(body, separators=(",", ":")).encode()
+        endpoint = prepared.endpoint
         headers = {
-            "Host": prepared.host,
+            "Host": endpoint.host,
             "Content-Type": "application/json",
             "Accept": "application/json",
             "Content-Length": str(len(payload)),
         }
+        if prepared.authorization:
+            headers["Authorization"] = prepared.authorization
         try:
-            response = prepared.pool.request("POST", prepared.target, headers, payload)
+            response = endpoint.pool.request("POST", endpoint.target, headers, payload)
             try:
                 data = response.read() if response.status in (200, 403) else b""
             finally:

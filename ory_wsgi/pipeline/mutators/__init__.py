@@ -2,7 +2,8 @@
 
 Each runs after the authorizer allowed the request, in the rule's order, and
 adds to `AuthSession.header` (`id_token`: `Authorization`, `header`: templated
-headers, `cookie`: the `Cookie` header) what the adapter passes on: the proxy
+headers, `cookie`: the `Cookie` header; `hydrator` merges an API's answer into
+the session first) what the adapter passes on: the proxy
 upstream, the decisions endpoint in its 200, the embedded middleware into the
 app's environ. All must succeed; a failure refuses the request (500, closed).
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from ory_wsgi.pipeline.handler import Mutator
 from ory_wsgi.pipeline.mutators.cookie import CookieMutator
 from ory_wsgi.pipeline.mutators.header import HeaderMutator
+from ory_wsgi.pipeline.mutators.hydrator import HydratorMutator
 from ory_wsgi.pipeline.mutators.id_token import IdTokenMutator
 from ory_wsgi.pipeline.mutators.noop import NoopMutator
 from ory_wsgi.pipeline.services import Services
@@ -24,4 +26,5 @@ MUTATORS: dict[str, Callable[[Services], Mutator]] = {
     "header": HeaderMutator,
     "cookie": CookieMutator,
     "noop": NoopMutator,
+    "hydrator": HydratorMutator,
 }
