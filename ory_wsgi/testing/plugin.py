@@ -1,4 +1,5 @@
-"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port, and `fake_keto`.
+"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port; also `fake_keto`
+and `fake_hydra` (Keto's check API, Hydra's introspection and token endpoints).
 
 Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
 runs for the whole test session; each test gets it empty (no identities, sessions, counters or
@@ -31,6 +32,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ory_wsgi.testing.hydra import FakeHydra, FakeHydraServer, serve_hydra
 from ory_wsgi.testing.keto import FakeKeto, FakeKetoServer, serve_keto
 from ory_wsgi.testing.kratos import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer, serve
@@ -71,3 +73,24 @@ def fake_keto(fake_keto_server: FakeKetoServer) -> Iterator[FakeKeto]:
     keto.reset()
     yield keto
     keto.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_hydra_server() -> Iterator[FakeHydraServer]:
+    """The Hydra stand-in's server, started once per test session on a free loopback port."""
+    server = serve_hydra("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_hydra(fake_hydra_server: FakeHydraServer) -> Iterator[FakeHydra]:
+    """A local Hydra with no tokens: `.issue(subject=..., scope=[...], audience=[...], ttl=...)`,
+    `.introspection_url`, `.token_url`, `.calls(token)`, `.fail_introspection(503)`.
+
+    Its introspection URL is the `oauth2_introspection` authenticator's `introspection_url`.
+    """
+    hydra = fake_hydra_server.hydra
+    hydra.reset()
+    yield hydra
+    hydra.reset()

@@ -11,6 +11,7 @@ from typing import Any
 
 from ory_wsgi.pipeline.authenticators.anonymous import Anonymous
 from ory_wsgi.pipeline.authenticators.noop import Noop
+from ory_wsgi.pipeline.authenticators.oauth2_introspection import OAuth2Introspection
 from ory_wsgi.pipeline.authenticators.session import BearerToken, CookieSession
 from ory_wsgi.pipeline.authenticators.unauthorized import Unauthorized
 
@@ -20,4 +21,5 @@ AUTHENTICATORS: dict[str, type[Any]] = {
     "anonymous": Anonymous,
     "noop": Noop,
     "unauthorized": Unauthorized,
+    "oauth2_introspection": OAuth2Introspection,
 }
