@@ -284,6 +284,7 @@ class OAuth2Introspection:
             extra["aud"] = list(audience)
         session.subject = subject
         session.extra = extra
+        session.authenticator = self.name
 
     def _introspect(
         self, prepared: Prepared, fields: dict[str, str], headers: dict[str, str]
