@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 from pipeline_app import client, registry, services
+from test_pipeline_authorizers import session_with
+from test_pipeline_mutators import facts
 from test_rules_loader import doc_blocks
+from werkzeug.datastructures import Headers
 from werkzeug.test import Client
 
 from ory_wsgi.errors import ConfigError
@@ -443,3 +446,21 @@ def test_the_example_in_the_docs(fake_hydra: FakeHydra) -> None:
     other = app.get(photos, base_url=site, headers=bearer("eyJhbGciOi.x.y"))
     assert other.status_code == 401
     assert fake_hydra.introspection_calls == 2
+
+
+def test_a_later_handler_changing_extra_leaves_the_cached_answer_alone(
+    fake_hydra: FakeHydra,
+) -> None:
+    handler = AUTHENTICATORS["oauth2_introspection"](services(fake_hydra.url))
+    prepared = handler.prepare({"introspection_url": fake_hydra.introspection_url}, WHERE)
+    token = fake_hydra.issue("ada", ext={"roles": ["reader"]})
+    request = facts(headers=Headers(bearer(token)))
+    first = session_with()
+    handler.authenticate(request, first, prepared)
+    first.extra["roles"].append("admin")
+    first.extra["client_id"] = "someone-else"
+    second = session_with()
+    handler.authenticate(request, second, prepared)
+    assert second.extra["roles"] == ["reader"]
+    assert second.extra["client_id"] == "ory-wsgi-test"
+    assert fake_hydra.calls(token) == 1

@@ -43,6 +43,7 @@ values are plain JSON-like dicts. Connections are pooled per origin.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -276,7 +277,8 @@ class OAuth2Introspection:
             )
             if missing:
                 raise _forbidden(where, f"the scope {missing!r} was not granted")
-        extra = dict(data.get("ext", {}))
+        # A copy: the cached answer serves other requests, whatever a later handler does.
+        extra = copy.deepcopy(data["ext"]) if data.get("ext") else {}
         extra["username"] = data.get("username", "")
         extra["client_id"] = data.get("client_id", "")
         extra["scope"] = data.get("scope", "")
