@@ -2,7 +2,7 @@
 
     grant = ClientCredentials(endpoint, "client-id", "secret", scope=("introspect",),
                               audience="", where=where)            # at load
-    authorization = grant.authorization(give_up_after=1.0)        # "Bearer ory_at_..."
+    authorization = grant.authorization(retry)                     # "Bearer ory_at_..."
 
 Oathkeeper's `pre_authorization` for `oauth2_introspection`: the introspection
 call carries a token this client obtained at `token_url` (RFC 6749 §4.4, the
@@ -24,8 +24,8 @@ import threading
 import time
 from urllib.parse import quote, urlencode
 
-from ory_wsgi.errors import UpstreamError
-from ory_wsgi.pipeline.service_http import Endpoint
+from ory_wsgi.pipeline.errors import DecisionError
+from ory_wsgi.pipeline.service_call import Endpoint, Retry, post
 
 log = logging.getLogger("ory_wsgi.pipeline")
 
@@ -66,7 +66,7 @@ class ClientCredentials:
         self._token = ""
         self._refresh_at = 0.0
 
-    def authorization(self, *, give_up_after: float) -> str:
+    def authorization(self, retry: Retry) -> str:
         """`Bearer <token>` for the next call, fetching a token when none is fresh."""
         token = self._token
         if token and time.monotonic() < self._refresh_at:
@@ -74,7 +74,7 @@ class ClientCredentials:
         with self._lock:
             # Another thread may have fetched while this one waited for the lock.
             if not self._token or time.monotonic() >= self._refresh_at:
-                self._token, self._refresh_at = self._fetch(give_up_after)
+                self._token, self._refresh_at = self._fetch(retry)
             return f"Bearer {self._token}"
 
     def forget(self, token: str) -> None:
@@ -82,7 +82,7 @@ class ClientCredentials:
             if self._token == token:
                 self._token, self._refresh_at = "", 0.0
 
-    def _fetch(self, give_up_after: float) -> tuple[str, float]:
+    def _fetch(self, retry: Retry) -> tuple[str, float]:
         headers = {
             "Authorization": self._basic,
             "Content-Type": "application/x-www-form-urlencoded",
@@ -90,10 +90,13 @@ class ClientCredentials:
         }
         url = self.endpoint.url
         try:
-            reply = self.endpoint.post(self._body, headers, give_up_after=give_up_after)
-        except UpstreamError as exc:
-            raise GrantFailed(f"the token endpoint {url} is unreachable: {exc}") from None
-        if reply.status != 200 or reply.body is None:
+            reply = post(
+                self.endpoint, headers, self._body, where=self.where, retry=retry, read=True
+            )
+        except DecisionError as exc:
+            # post() logged why (unreachable, an unreadable answer).
+            raise GrantFailed(f"no answer from the token endpoint {url}: {exc}") from None
+        if reply.status != 200:
             raise GrantFailed(f"the token endpoint {url} answered {reply.status}")
         try:
             answer = json.loads(reply.body)

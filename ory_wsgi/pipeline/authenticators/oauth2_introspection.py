@@ -23,10 +23,13 @@ client-credentials token fetched at `pre_authorization.token_url`
   With no strategy (or `none`) and a `required_scope`, the scopes are sent
   with the introspection and the server checks them (Oathkeeper does that).
 - an answer that is not RFC 7662 (not JSON, `active` not a JSON boolean,
-  fields of the wrong type), a 5xx, any status but 200, no answer within
-  `retry.give_up_after`, or no pre-authorization token: 503 with
-  `Retry-After: 5` and one log line (closed, never allowed);
-- 429: passed on with the server's `Retry-After`.
+  fields of the wrong type, over 64 KiB), a 5xx, any status but 200, no
+  answer within `retry` (`max_delay` per attempt, default 500ms; attempts
+  until `give_up_after`, default 1s), or no pre-authorization token: 503
+  with `Retry-After: 5` and one log line (closed, never allowed);
+- 429: passed on with the server's `Retry-After` (and `X-RateLimit-*`).
+The HTTP part (pooled connections per origin, retry, 429) is
+ory_wsgi.pipeline.service_call's, shared with the other service-calling handlers.
 A token longer than 4096 characters or with characters no bearer token has
 is refused with 401 without asking anyone.
 Subject = `sub`; extra = the answer's `ext` plus `username`, `client_id`,
@@ -38,7 +41,7 @@ sent: an active answer for `cache.ttl` (default 10s) but never past its
 `exp`; an inactive one for at most 2 s. Failures are never cached. The cache
 is single-flight (one introspection per token at a time); `cache.max_cost`
 bounds its entries (Oathkeeper's ristretto cost is 1 per token). Cached
-values are plain JSON-like dicts. Connections are pooled per origin.
+values are plain JSON-like dicts.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import copy
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -54,21 +58,29 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from ory_wsgi.errors import ConfigError, UpstreamError
+from ory_wsgi.errors import ConfigError
 from ory_wsgi.pipeline.client_credentials import ClientCredentials, GrantFailed
 from ory_wsgi.pipeline.decision_cache import DecisionCache
 from ory_wsgi.pipeline.errors import DecisionError, NotResponsible
 from ory_wsgi.pipeline.handler import Config
 from ory_wsgi.pipeline.handler_config import (
-    TOKEN_RE,
     boolean,
     known_keys,
     string,
     string_list,
     string_map,
 )
+from ory_wsgi.pipeline.mutators.header import header_name
 from ory_wsgi.pipeline.scope import ScopeCheck, granted_scopes, missing_scope, scope_strategy
-from ory_wsgi.pipeline.service_http import Endpoint, Reply, ServicePools
+from ory_wsgi.pipeline.service_call import (
+    Answer,
+    Endpoint,
+    Endpoints,
+    Retry,
+    parse_retry,
+    post,
+    rate_limited,
+)
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.pipeline.token_from import TokenSource
@@ -76,7 +88,7 @@ from ory_wsgi.settings import parse_duration
 
 log = logging.getLogger("ory_wsgi.pipeline")
 
-Answer = dict[str, Any]
+Cached = dict[str, Any]
 
 KEYS = (
     "introspection_url",
@@ -100,6 +112,7 @@ DEFAULT_MAX_DELAY = 0.5
 DEFAULT_GIVE_UP_AFTER = 1.0
 MAX_TOKEN = 4096
 FORM = "application/x-www-form-urlencoded"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # The answer fields read, with the JSON types each may have (RFC 7662 §2.2).
 STRINGS = ("sub", "client_id", "scope", "iss", "username", "token_type", "token_use")
 NUMBERS = ("exp", "iat", "nbf")
@@ -117,7 +130,7 @@ class Prepared:
     issuers: tuple[str, ...]
     headers: tuple[tuple[str, str], ...]
     preserve_host: bool
-    give_up_after: float
+    retry: Retry
     ttl: float  # 0: not cached
     grant: ClientCredentials | None
 
@@ -131,37 +144,28 @@ class OAuth2Introspection:
         cache = (table.config.get("cache") if table else None) or {}
         if isinstance(cache, Mapping) and isinstance(cache.get("max_cost"), int):
             max_entries = max(int(cache["max_cost"]), 1)
-        self.cache: DecisionCache[Answer] = services.decision_cache(
+        self.cache: DecisionCache[Cached] = services.decision_cache(
             self.name, _lifetime, max_entries=max_entries
         )
-        self._pools = ServicePools()
+        self._endpoints = Endpoints()
         self._grants: dict[tuple[str, ...], ClientCredentials] = {}
         self._grants_lock = threading.Lock()
 
     def prepare(self, config: Config, where: str) -> Prepared:
         known_keys(config, KEYS, where)
-        retry = _table(config, "retry", ("max_delay", "give_up_after"), where)
-        max_delay = parse_duration(
-            retry.get("max_delay", DEFAULT_MAX_DELAY), f"{where} retry.max_delay"
+        retry = parse_retry(
+            config, where, max_delay=DEFAULT_MAX_DELAY, give_up_after=DEFAULT_GIVE_UP_AFTER
         )
-        give_up_after = parse_duration(
-            retry.get("give_up_after", DEFAULT_GIVE_UP_AFTER), f"{where} retry.give_up_after"
-        )
-        if max_delay <= 0:
-            raise ConfigError(f"{where}: retry.max_delay must be more than 0")
         url = string(config, "introspection_url", where)
-        endpoint = self._pools.endpoint(url, max_delay, f"{where}: introspection_url")
+        endpoint = self._endpoints.get(url, retry.max_delay, where, key="introspection_url")
         strategy = config.get("scope_strategy")
         required = string_list(config.get("required_scope"), f"{where} required_scope")
         check = scope_strategy(strategy, where)
         server_checks = strategy is None or str(strategy).lower() in ("", "none")
         headers = []
         for name, value in string_map(config, "introspection_request_headers", where).items():
-            if not TOKEN_RE.match(name) or name.lower() in ("host", "content-length"):
-                raise ConfigError(
-                    f"{where}: introspection_request_headers: {name!r} may not be set"
-                )
-            if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+            name = header_name(name, f"{where} introspection_request_headers")
+            if not isinstance(value, str) or _CONTROL.search(value):
                 raise ConfigError(f"{where}: introspection_request_headers.{name} must be one line")
             headers.append((name, value))
         cache = _table(config, "cache", ("enabled", "ttl", "max_cost"), where)
@@ -181,9 +185,9 @@ class OAuth2Introspection:
             string_list(config.get("trusted_issuers"), f"{where} trusted_issuers"),
             tuple(headers),
             boolean(config, "preserve_host", where),
-            give_up_after,
+            retry,
             ttl,
-            self._grant(config, max_delay, where),
+            self._grant(config, retry.max_delay, where),
         )
 
     def _grant(self, config: Config, timeout: float, where: str) -> ClientCredentials | None:
@@ -202,7 +206,7 @@ class OAuth2Introspection:
         with self._grants_lock:
             grant = self._grants.get(key)
             if grant is None:
-                endpoint = self._pools.endpoint(token_url, timeout, f"{where}: token_url")
+                endpoint = self._endpoints.get(token_url, timeout, where, key="token_url")
                 grant = ClientCredentials(
                     endpoint, client_id, secret, scope=scope, audience=audience, where=where
                 )
@@ -225,7 +229,7 @@ class OAuth2Introspection:
         if prepared.preserve_host:
             headers["X-Forwarded-Host"] = request.host
 
-        def fetch() -> Answer:
+        def fetch() -> Cached:
             return self._introspect(prepared, fields, headers)
 
         if prepared.ttl > 0:
@@ -240,7 +244,7 @@ class OAuth2Introspection:
                 429,
                 "rate_limited",
                 "Too many requests, try again later.",
-                headers=[("Retry-After", answer.get("retry_after") or "1")],
+                headers=[(name, value) for name, value in answer["headers"]],
             )
         if outcome == "error":
             raise DecisionError(
@@ -254,7 +258,7 @@ class OAuth2Introspection:
             raise _refused(where, "the token is not active")
         self._judge(answer["answer"], prepared, session)
 
-    def _judge(self, data: Answer, prepared: Prepared, session: AuthSession) -> None:
+    def _judge(self, data: Cached, prepared: Prepared, session: AuthSession) -> None:
         where = prepared.where
         use = data.get("token_use", "")
         if use and use != "access_token":
@@ -290,21 +294,27 @@ class OAuth2Introspection:
 
     def _introspect(
         self, prepared: Prepared, fields: dict[str, str], headers: dict[str, str]
-    ) -> Answer:
+    ) -> Cached:
         sent = {**headers, "Content-Type": FORM, "Accept": "application/json"}
         body = urlencode(fields).encode()
         for attempt in (1, 2):
             if prepared.grant is not None:
                 try:
-                    sent["Authorization"] = prepared.grant.authorization(
-                        give_up_after=prepared.give_up_after
-                    )
+                    sent["Authorization"] = prepared.grant.authorization(prepared.retry)
                 except GrantFailed as exc:
                     return _failed(prepared, f"no pre-authorization token: {exc}")
             try:
-                reply = prepared.endpoint.post(body, sent, give_up_after=prepared.give_up_after)
-            except UpstreamError as exc:
-                return _failed(prepared, f"{prepared.endpoint.url} is unreachable: {exc}")
+                reply = post(
+                    prepared.endpoint,
+                    sent,
+                    body,
+                    where=prepared.where,
+                    retry=prepared.retry,
+                    read=True,
+                )
+            except DecisionError as exc:
+                # post() logged the cause (unreachable, an unreadable or oversized answer).
+                return {"outcome": "error", "reason": str(exc)}
             if reply.status == 401 and prepared.grant is not None and attempt == 1:
                 # The pre-authorization token was revoked or expired early: fetch one more.
                 prepared.grant.forget(sent["Authorization"].removeprefix("Bearer "))
@@ -313,15 +323,16 @@ class OAuth2Introspection:
         return _failed(prepared, f"{prepared.endpoint.url} refused the pre-authorization token")
 
 
-def _read(prepared: Prepared, reply: Reply) -> Answer:
+def _read(prepared: Prepared, reply: Answer) -> Cached:
     url = prepared.endpoint.url
     if reply.status == 429:
-        log.warning("%s: %s answered 429; passed on", prepared.where, url)
-        return {"outcome": "rate_limited", "retry_after": reply.header("retry-after")}
+        # Kept as plain pairs: a cached value stays JSON-like (failures are not cached anyway).
+        passed_on = rate_limited(reply, prepared.where, url).headers
+        return {"outcome": "rate_limited", "headers": [[n, v] for n, v in passed_on]}
     if reply.status != 200:
         return _failed(prepared, f"{url} answered {reply.status}")
     try:
-        decoded = json.loads(reply.body) if reply.body is not None else None
+        decoded = json.loads(reply.body)
     except ValueError:
         decoded = None
     answer = _valid(decoded) if isinstance(decoded, dict) else None
@@ -332,12 +343,12 @@ def _read(prepared: Prepared, reply: Reply) -> Answer:
     return {"outcome": "active", "ttl": prepared.ttl, "answer": answer}
 
 
-def _valid(decoded: dict[str, Any]) -> Answer | None:
+def _valid(decoded: dict[str, Any]) -> Cached | None:
     """The fields read from an RFC 7662 answer, each of its JSON type, or None."""
     active = decoded.get("active")
     if not isinstance(active, bool):
         return None
-    answer: Answer = {"active": active}
+    answer: Cached = {"active": active}
     if not active:
         return answer
     for name in STRINGS:
@@ -366,7 +377,7 @@ def _valid(decoded: dict[str, Any]) -> Answer | None:
     return answer
 
 
-def _lifetime(answer: Answer) -> float:
+def _lifetime(answer: Cached) -> float:
     """How long to keep an answer: its `ttl`, never past the token's `exp`; failures not at all."""
     ttl = float(answer.get("ttl", 0.0))
     expires = answer.get("answer", {}).get("exp")
@@ -375,7 +386,7 @@ def _lifetime(answer: Answer) -> float:
     return ttl
 
 
-def _failed(prepared: Prepared, reason: str) -> Answer:
+def _failed(prepared: Prepared, reason: str) -> Cached:
     log.error("%s: %s; refused with 503", prepared.where, reason)
     return {"outcome": "error", "reason": reason}
 
