@@ -1,5 +1,4 @@
-"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port; also `fake_keto`
-and `fake_hydra` (Keto's check API, Hydra's introspection and token endpoints).
+"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port, and `fake_keto`.
 
 Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
 runs for the whole test session; each test gets it empty (no identities, sessions, counters or
@@ -24,6 +23,9 @@ Settings, recovery and verification flows work too; codes are not mailed but kep
 `fake_ory.outbox` (`fake_ory.last_code("ada@example.com")`) and shown on `<url>/ui/mail`.
 Like Kratos, it ignores a `return_to` outside its own base URL unless allowed: set
 `fake_ory.allowed_return_urls = ["http://127.0.0.1:<app port>"]` for login redirects to your app.
+
+`fake_hydra` is Hydra's stand-in (ory_wsgi.testing.hydra): opaque access tokens from
+`fake_hydra.issue(...)`, RFC 7662 introspection and the client-credentials grant.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from ory_wsgi.pipeline.authenticators.unauthorized import Unauthorized
 AUTHENTICATORS: dict[str, type[Any]] = {
     "cookie_session": CookieSession,
     "bearer_token": BearerToken,
+    "oauth2_introspection": OAuth2Introspection,
     "anonymous": Anonymous,
     "noop": Noop,
     "unauthorized": Unauthorized,
-    "oauth2_introspection": OAuth2Introspection,
 }
