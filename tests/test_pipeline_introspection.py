@@ -467,3 +467,26 @@ def test_a_later_handler_changing_extra_leaves_the_cached_answer_alone(
     assert second.extra["roles"] == ["reader"]
     assert second.extra["client_id"] == "ory-wsgi-test"
     assert fake_hydra.calls(token) == 1
+
+
+def test_the_pre_authorization_token_is_refreshed_before_it_expires(
+    fake_hydra: FakeHydra,
+) -> None:
+    fake_hydra.require_introspection_auth = True
+    fake_hydra.add_client("gate", "s3cret", ttl=2)
+    pre = {
+        "enabled": True,
+        "client_id": "gate",
+        "client_secret": "s3cret",
+        "token_url": fake_hydra.token_url,
+    }
+    app = gateway(fake_hydra, pre_authorization=pre, cache={"enabled": False})
+    token = fake_hydra.issue("ada")
+    assert app.get("/x", headers=bearer(token)).status_code == 200
+    assert app.get("/x", headers=bearer(token)).status_code == 200
+    assert fake_hydra.token_calls == 1
+    # Refreshed a tenth of its lifetime early (0.2 s of 2 s): before Hydra would refuse it.
+    time.sleep(1.85)
+    assert app.get("/x", headers=bearer(token)).status_code == 200
+    assert fake_hydra.token_calls == 2
+    assert fake_hydra.introspection_calls == 3
