@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -164,8 +164,10 @@ def post(
     retry: Retry,
     read: bool = False,
     max_answer: int = MAX_ANSWER,
+    failed: Callable[[], DecisionError] | None = None,
 ) -> Answer:
-    """POST `body`; the answer, or DecisionError 503 when the service cannot be reached.
+    """POST `body`; the answer, or `failed()` (default: 503 `authorizer_unavailable`)
+    when the service cannot be reached or its answer cannot be read.
 
     `headers` must not name Host or Content-Length (set here). A header that
     would split the request (a templated line break) is refused with 500.
@@ -185,7 +187,7 @@ def post(
                 time.sleep(min(RETRY_PAUSE, left))
                 continue
             log.error("%s: %s is unreachable: %s; refused with 503", where, endpoint.url, exc)
-            raise unavailable() from None
+            raise (failed or unavailable)() from None
     data = _body(response, max_answer if read else 0)
     if data is None:
         log.error(
@@ -196,7 +198,7 @@ def post(
             response.status,
             max_answer,
         )
-        raise unavailable()
+        raise (failed or unavailable)()
     return Answer(response.status, response.headers, data)
 
 
@@ -240,8 +242,11 @@ def unavailable(error_id: str = "authorizer_unavailable", message: str = "") -> 
 
 
 def forward_headers(answer: Answer, names: Sequence[str], into: dict[str, str], where: str) -> None:
-    """The answer's headers named in `forward_response_headers_to_upstream`, for the upstream."""
+    """The answer's headers named in `forward_response_headers_to_upstream`, for the upstream.
+
+    A listed header the answer lacks is set empty, as Oathkeeper does: the
+    client's own header of that name must not reach the upstream as if the
+    service had said it.
+    """
     for name in names:
-        value = answer.header(name)
-        if value:
-            into[name] = header_value(value, name, where)
+        into[name] = header_value(answer.header(name), name, where)
