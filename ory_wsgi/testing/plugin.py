@@ -23,6 +23,9 @@ Settings, recovery and verification flows work too; codes are not mailed but kep
 `fake_ory.outbox` (`fake_ory.last_code("ada@example.com")`) and shown on `<url>/ui/mail`.
 Like Kratos, it ignores a `return_to` outside its own base URL unless allowed: set
 `fake_ory.allowed_return_urls = ["http://127.0.0.1:<app port>"]` for login redirects to your app.
+
+`fake_hydra` is Hydra's stand-in (ory_wsgi.testing.hydra): opaque access tokens from
+`fake_hydra.issue(...)`, RFC 7662 introspection and the client-credentials grant.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ory_wsgi.testing.hydra import FakeHydra, FakeHydraServer, serve_hydra
 from ory_wsgi.testing.keto import FakeKeto, FakeKetoServer, serve_keto
 from ory_wsgi.testing.kratos import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer, serve
@@ -71,3 +75,24 @@ def fake_keto(fake_keto_server: FakeKetoServer) -> Iterator[FakeKeto]:
     keto.reset()
     yield keto
     keto.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_hydra_server() -> Iterator[FakeHydraServer]:
+    """The Hydra stand-in's server, started once per test session on a free loopback port."""
+    server = serve_hydra("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_hydra(fake_hydra_server: FakeHydraServer) -> Iterator[FakeHydra]:
+    """A local Hydra with no tokens: `.issue(subject=..., scope=[...], audience=[...], ttl=...)`,
+    `.introspection_url`, `.token_url`, `.calls(token)`, `.fail_introspection(503)`.
+
+    Its introspection URL is the `oauth2_introspection` authenticator's `introspection_url`.
+    """
+    hydra = fake_hydra_server.hydra
+    hydra.reset()
+    yield hydra
+    hydra.reset()

@@ -1,14 +1,20 @@
-"""Running the stand-in: a threaded werkzeug server in a background thread of this process."""
+"""Running the stand-ins: a threaded werkzeug server in a background thread of this process.
+
+`FakeKratosServer` serves the Kratos stand-in; `StandInServer` serves any other
+stand-in's WSGI app (the Hydra one) the same way, so each stand-in needs no
+server code of its own.
+"""
 
 from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from ory_wsgi.testing.kratos import FakeKratos
+from ory_wsgi.wsgi import WSGIApplication
 
 
 class _QuietRequestHandler(WSGIRequestHandler):
@@ -49,6 +55,45 @@ class FakeKratosServer:
         self._thread.join(5)
 
     def __enter__(self) -> FakeKratosServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class StandInServer:
+    """`app` served on `host:port` (0 = a free port) until `stop()`; a context manager.
+
+    `url` is `http://host:port`. Threaded, quiet, in a daemon thread named `name-port`.
+    """
+
+    def __init__(
+        self, app: WSGIApplication, name: str, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.app = app
+        self._server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, request_handler=_QuietRequestHandler
+        )
+        self.host = host
+        self.port = int(self._server.server_port)
+        url_host = f"[{host}]" if ":" in host else host
+        self.url = f"http://{url_host}:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"{name}-{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -11,12 +11,14 @@ from typing import Any
 
 from ory_wsgi.pipeline.authenticators.anonymous import Anonymous
 from ory_wsgi.pipeline.authenticators.noop import Noop
+from ory_wsgi.pipeline.authenticators.oauth2_introspection import OAuth2Introspection
 from ory_wsgi.pipeline.authenticators.session import BearerToken, CookieSession
 from ory_wsgi.pipeline.authenticators.unauthorized import Unauthorized
 
 AUTHENTICATORS: dict[str, type[Any]] = {
     "cookie_session": CookieSession,
     "bearer_token": BearerToken,
+    "oauth2_introspection": OAuth2Introspection,
     "anonymous": Anonymous,
     "noop": Noop,
     "unauthorized": Unauthorized,
