@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ory_wsgi.pipeline.authenticators.anonymous import Anonymous
+from ory_wsgi.pipeline.authenticators.jwt import Jwt
 from ory_wsgi.pipeline.authenticators.noop import Noop
 from ory_wsgi.pipeline.authenticators.session import BearerToken, CookieSession
 from ory_wsgi.pipeline.authenticators.unauthorized import Unauthorized
@@ -20,4 +21,5 @@ AUTHENTICATORS: dict[str, type[Any]] = {
     "anonymous": Anonymous,
     "noop": Noop,
     "unauthorized": Unauthorized,
+    "jwt": Jwt,
 }
