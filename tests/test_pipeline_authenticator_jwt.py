@@ -399,6 +399,19 @@ def test_critical_header_extensions_are_refused(
     assert refused(app.get("/x", headers=bearer(token)))
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b'"alg"', b'["alg", "kid"]', b'{"alg": ["ES256"]}', b'{"alg": "ES256", "kid": {}}', b"{}"],
+)
+def test_a_header_that_is_not_an_object_of_strings_is_refused(
+    fake_issuer: FakeIssuer, header: bytes
+) -> None:
+    app = jwt_app(fake_issuer, Handler("noop"))
+    payload = json.dumps({"sub": "admin", "exp": 2**33}).encode()
+    token = f"{b64(header)}.{b64(payload)}.{b64(b'x' * 64)}"
+    assert refused(app.get("/x", headers=bearer(token)))
+
+
 def test_an_oversized_token_is_refused_before_it_is_parsed(
     fake_issuer: FakeIssuer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -698,3 +711,33 @@ def test_the_jwt_example_in_the_docs(fake_issuer: FakeIssuer) -> None:
         app.get(url, **site, headers=bearer(fake_issuer.mint(stranger, alg="ES256"))).status_code
         == 401
     )
+
+
+def test_members_that_cannot_be_used_are_skipped_and_the_rest_verify(
+    fake_issuer: FakeIssuer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = fake_issuer.mint({"sub": "u"}, alg="ES256")
+    junk: list[Any] = [
+        {"kty": "RSA", "n": 123, "e": "AQAB", "kid": "a"},
+        {"kty": "EC", "crv": "P-999", "x": "a", "y": "b", "kid": "b"},
+        {"kty": "EC", "crv": "P-256", "x": "!!", "y": "??", "kid": "c"},
+        {"kty": "oct", "k": "", "kid": "d"},
+        {"kty": "PQC", "kid": "e"},
+        {"kty": "RSA", "kid": "f"},
+        "not a key",
+        {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"},  # no kid
+    ]
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [*junk, *fake_issuer.jwks()["keys"]]}))
+    app = app_for(rule({"jwks_urls": [f"file://{path}"]}))
+    with caplog.at_level(logging.WARNING, "ory_wsgi.pipeline"):
+        assert app.get("/x", headers=bearer(token)).status_code == 200
+    assert "8 key(s) that cannot be used" in caplog.text
+    for document in ("[]", '{"keys": {}}', "not json"):
+        path.write_text(document)
+        assert (
+            app_for(rule({"jwks_urls": [f"file://{path}"]}))
+            .get("/x", headers=bearer(token))
+            .status_code
+            == 503
+        )

@@ -175,7 +175,7 @@ def parse_jwks(data: bytes, url: str) -> KeysByKid:
             continue
         try:
             key = JWKRegistry.import_key(member)
-        except (JoseError, ValueError, TypeError, KeyError):
+        except (JoseError, ValueError, TypeError, KeyError, AttributeError):
             skipped += 1
             continue
         by_kid.setdefault(kid, []).append(key)

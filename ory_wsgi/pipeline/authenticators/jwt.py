@@ -224,6 +224,9 @@ class Jwt:
         except JoseError as exc:
             _refuse(config, f"not a readable JWS ({exc.error})")
         header = signed.headers()
+        if not isinstance(header, dict):
+            # joserfc accepts any JSON that contains "alg", a string or a list too.
+            _refuse(config, "the header is not a JSON object")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in config.algorithms:
             _refuse(config, f"the algorithm {str(alg)[:20]!r} is not allowed")
@@ -241,7 +244,7 @@ class Jwt:
             _refuse(config, "the signature does not verify")
         try:
             claims = json.loads(signed.payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             _refuse(config, "the payload is not JSON")
         if not isinstance(claims, dict):
             _refuse(config, "the payload is not a JSON object")
