@@ -235,11 +235,11 @@ class Jwt:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             _refuse(config, "the token has no kid")
-        key = self._key(config, kid[:200], alg)
+        key = self._key(config, kid, alg)
         try:
             valid = jws.validate_compact(signed, key, registry=config.registry)
         except JoseError as exc:
-            _refuse(config, f"the key {kid[:200]!r} cannot verify it ({exc.error})")
+            _refuse(config, f"the key {kid[:100]!r} cannot verify it ({exc.error})")
         if not valid:
             _refuse(config, "the signature does not verify")
         try:
@@ -294,8 +294,8 @@ class Jwt:
                 headers=[("Retry-After", "5")],
             )
         if mismatched:
-            _refuse(config, f"the key {kid!r} is not a key for {alg}")
-        _refuse(config, f"no key {kid!r} in the rule's jwks_urls")
+            _refuse(config, f"the key {kid[:100]!r} is not a key for {alg}")
+        _refuse(config, f"no key {kid[:100]!r} in the rule's jwks_urls")
 
 
 def _refuse(config: JwtConfig, reason: str) -> NoReturn:
