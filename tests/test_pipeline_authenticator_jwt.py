@@ -73,7 +73,8 @@ def other_issuer() -> Iterator[FakeIssuer]:
 
 
 @pytest.mark.parametrize(
-    "alg", ["RS256", "RS384", "RS512", "PS256", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+    "alg",
+    ["RS256", "RS384", "RS512", "PS256", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"],
 )
 def test_a_valid_token_names_its_subject_by_every_default_algorithm(
     fake_issuer: FakeIssuer, alg: str

@@ -12,7 +12,7 @@ For the `jwt` authenticator (docs/rules-handlers.md) and for users' own tests
   newest first; `retire(kid)` removes one), counted in `jwks_fetches`;
 - `GET /.well-known/openid-configuration`: `issuer` and `jwks_uri`.
 `mint(claims, alg=..., kid=...)` signs with joserfc: RS256/384/512,
-PS256/384/512, ES256/384/512, EdDSA or HS256/384/512 (a key of the family is
+PS256/384/512, ES256/384/512, EdDSA (or Ed25519) or HS256/384/512 (a key of the family is
 generated on first use; HS keys are `oct` and published too, for tests of the
 algorithm-confusion defences). `iss` (the issuer's URL), `iat` and `exp`
 (`ttl` seconds) are filled in unless given; a claim given as None is left out.
@@ -57,7 +57,7 @@ def family(alg: str) -> str:
         return "RSA"
     if alg in CURVES:
         return alg
-    if alg == "EdDSA":
+    if alg in ("EdDSA", "Ed25519"):
         return "EdDSA"
     if alg.startswith("HS"):
         return "oct"

@@ -12,7 +12,7 @@ the next authenticator (`bearer_token`, `oauth2_introspection`), as in
 Oathkeeper. A longer token than 16 KiB is refused before it is parsed. The
 token is verified with joserfc:
 - `alg` must be in `allowed_algorithms` (default the asymmetric ones: RS256/384/512,
-  PS256/384/512, ES256/384/512, EdDSA). `none` is never accepted (listing it is
+  PS256/384/512, ES256/384/512, EdDSA, Ed25519). `none` is never accepted (listing it is
   a load error); HS256/384/512 only when listed, and only with an `oct` key of
   the key set: joserfc checks the key type against the algorithm, so a public
   key is never used as an HMAC secret.
@@ -98,6 +98,8 @@ ASYMMETRIC = (
     "ES384",
     "ES512",
     "EdDSA",
+    # RFC 9864's name for EdDSA over Ed25519, which newer issuers write.
+    "Ed25519",
 )
 KNOWN_ALGORITHMS = frozenset(jws.JWSRegistry.algorithms) - {"none"}
 SCOPE_CLAIMS = ("scp", "scope", "scopes")
