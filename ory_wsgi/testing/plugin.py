@@ -1,4 +1,4 @@
-"""pytest plugin: `fake_ory`, a local Ory (Kratos) stand-in on a free port, and `fake_keto`.
+"""pytest plugin: `fake_ory` (a local Kratos stand-in on a free port), `fake_keto`, `fake_hydra`, `fake_issuer`.
 
 Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
 runs for the whole test session; each test gets it empty (no identities, sessions, counters or
@@ -35,6 +35,7 @@ from collections.abc import Iterator
 import pytest
 
 from ory_wsgi.testing.hydra import FakeHydra, FakeHydraServer, serve_hydra
+from ory_wsgi.testing.issuer import FakeIssuer, FakeIssuerServer, serve_issuer
 from ory_wsgi.testing.keto import FakeKeto, FakeKetoServer, serve_keto
 from ory_wsgi.testing.kratos import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer, serve
@@ -96,3 +97,25 @@ def fake_hydra(fake_hydra_server: FakeHydraServer) -> Iterator[FakeHydra]:
     hydra.reset()
     yield hydra
     hydra.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_issuer_server() -> Iterator[FakeIssuerServer]:
+    """The token issuer stand-in's server, started once per test session on a free port."""
+    server = serve_issuer("127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_issuer(fake_issuer_server: FakeIssuerServer) -> Iterator[FakeIssuer]:
+    """A token issuer with fresh keys: `.mint({...}, alg="ES256")`, `.rotate()`, `.jwks_url`,
+    `.jwks_fetches`, `.fail_jwks(500)`, `.down`, `.delay`.
+
+    `fake_issuer.jwks_url` is the `jwt` authenticator's `jwks_urls` entry and
+    `fake_issuer.iss` its `trusted_issuers` entry.
+    """
+    issuer = fake_issuer_server.issuer
+    issuer.reset()
+    yield issuer
+    issuer.reset()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ory_wsgi.pipeline.authenticators.anonymous import Anonymous
+from ory_wsgi.pipeline.authenticators.jwt import Jwt
 from ory_wsgi.pipeline.authenticators.noop import Noop
 from ory_wsgi.pipeline.authenticators.oauth2_introspection import OAuth2Introspection
 from ory_wsgi.pipeline.authenticators.session import BearerToken, CookieSession
@@ -22,4 +23,5 @@ AUTHENTICATORS: dict[str, type[Any]] = {
     "anonymous": Anonymous,
     "noop": Noop,
     "unauthorized": Unauthorized,
+    "jwt": Jwt,
 }
