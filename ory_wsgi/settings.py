@@ -84,6 +84,7 @@ class SessionCacheSettings:
     redis_url: str = ""
     redis_timeout: float = field(default=0.25, metadata=DURATION)
     memory_ttl: float = field(default=1.0, metadata=DURATION)
+    redis_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -664,6 +665,11 @@ def _validate_fleet(settings: Settings, where: Any) -> None:
             raise ConfigError(
                 f"{where('session_cache', 'redis_url')}: expected a redis://, rediss://, "
                 f"unix:// or redis+sentinel:// URL, got scheme {scheme!r}"
+            )
+        if cache.redis_cluster and scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                f"{where('session_cache', 'redis_cluster')}: a cluster is reached by "
+                f"redis://host:port[,host:port...] or rediss://..., not {scheme}://"
             )
     elif cache.backend == "redis":
         raise ConfigError(

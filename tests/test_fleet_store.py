@@ -95,6 +95,12 @@ def credentials(token: str = "ory_st_secret-token-value") -> Credentials:
     return found
 
 
+def redis_key(kind: str, found: Credentials) -> str:
+    """Where the fleet keeps `kind` ("s", "lock", "gone") for these credentials: tagged by
+    their digest, so that a cluster keeps them in one slot."""
+    return f"ory_wsgi:v1:{kind}:{{{found.cache_key.hex()}}}"
+
+
 @pytest.fixture(autouse=True)
 def stop_listeners() -> Iterator[None]:
     """Each in-process worker's revocation thread ends with its test."""
@@ -135,7 +141,7 @@ def test_redis_holds_digests_never_cookies_or_tokens(
         for blob in [key, *values]:
             assert b"thisIsTheSecret" not in blob
             assert b"ory_st_" not in blob
-    assert raw.exists(b"ory_wsgi:v1:s:" + credentials(token).cache_key.hex().encode())
+    assert raw.exists(redis_key("s", credentials(token)))
 
 
 def test_a_cached_session_never_outlives_its_expires_at(
@@ -143,7 +149,7 @@ def test_a_cached_session_never_outlives_its_expires_at(
 ) -> None:
     ory = Ory(session_lookup(expires_in=1.0))
     Worker(redis_server.url, ttl="60s").get(credentials(), ory.fetch)
-    key = b"ory_wsgi:v1:s:" + credentials().cache_key.hex().encode()
+    key = redis_key("s", credentials())
     assert 0 < raw.pttl(key) <= 1000
     time.sleep(1.1)
     assert not raw.exists(key)
@@ -154,7 +160,7 @@ def test_a_cached_session_never_outlives_its_expires_at(
 def test_a_401_is_shared_briefly(redis_server: RedisServer, raw: redis.Redis) -> None:
     ory = Ory(ANONYMOUS)
     Worker(redis_server.url, negative_ttl="300ms").get(credentials(), ory.fetch)
-    key = b"ory_wsgi:v1:s:" + credentials().cache_key.hex().encode()
+    key = redis_key("s", credentials())
     assert 0 < raw.pttl(key) <= 300
     assert Worker(redis_server.url).get(credentials(), ory.fetch).outcome == "anonymous"
     assert ory.calls == 1
@@ -215,7 +221,7 @@ def test_a_lost_lock_holder_blocks_nobody_past_the_deadline(
     redis_server: RedisServer, raw: redis.Redis
 ) -> None:
     # A worker that took the lock and died: its lock would stay for 60 s.
-    raw.set("ory_wsgi:v1:lock:" + credentials().cache_key.hex(), "dead-worker", px=60_000)
+    raw.set(redis_key("lock", credentials()), "dead-worker", px=60_000)
     worker = Worker(redis_server.url, ory={"timeout": "500ms", "max_call_wait": 0})
     ory = Ory(session_lookup())
     started = time.monotonic()

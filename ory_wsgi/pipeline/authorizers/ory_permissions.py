@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,7 +85,12 @@ class OryPermissions:
         self._pools: dict[tuple[str, float], UpstreamPool] = {}
         self._pools_lock = threading.Lock()
         self.cache: DecisionCache[Answer] = services.decision_cache(
-            self.name, lambda answer: answer.ttl, max_entries=max_entries
+            self.name,
+            lambda answer: answer.ttl,
+            max_entries=max_entries,
+            # In Redis ([session_cache] backend = "redis") as [outcome, ttl, retry_after, reason].
+            encode=astuple,
+            decode=lambda s: Answer(str(s[0]), float(s[1]), str(s[2]), str(s[3])),
         )
 
     def prepare(self, config: Config, where: str) -> Prepared:
