@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
-from servers import RedisClusterServers
+from servers import RedisClusterServers, free_port
 from test_fleet_keys import (  # noqa: F401 (collected here again, on the cluster)
     test_every_worker_of_every_host_publishes_the_same_key_set,
     test_keys_rotate_reaches_every_worker_without_a_restart,
@@ -159,6 +159,17 @@ def test_the_key_set_lives_in_the_cluster_and_rotates(
     kid = rotate_in_redis(link)
     assert kid in raw.get("ory_wsgi:v1:jwks").decode()
     link.close()
+
+
+def test_a_worker_starts_and_answers_while_the_cluster_is_unreachable() -> None:
+    dead = f"redis://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    worker = Worker(dead, redis_cluster=True)  # the cluster client is built on first use
+    ory = Ory(session_lookup())
+    started = time.monotonic()
+    assert worker.get(credentials("ory_st_a"), ory.fetch).authenticated
+    assert worker.get(credentials("ory_st_b"), ory.fetch).authenticated
+    assert time.monotonic() - started < 1.0 and ory.calls == 2
+    assert worker.store.link.degraded().startswith("redis_unavailable: ")
 
 
 @pytest.mark.parametrize(

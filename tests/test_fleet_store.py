@@ -7,6 +7,7 @@ runs under gunicorn are in test_fleet_proxy.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -27,6 +28,8 @@ from ory_wsgi.fleet.session_store import SharedSessionStore
 from ory_wsgi.fleet.wiring import attach_fleet, memory_ttl
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import ANONYMOUS, FAILED, Credentials, Lookup, extract_credentials
+from ory_wsgi.pipeline.decision_cache import DecisionCache
+from ory_wsgi.pipeline.services import Services
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratos
 
@@ -486,3 +489,67 @@ def test_without_redis_py_the_redis_backend_is_a_one_line_config_error() -> None
         "[session_cache] backend = \"redis\" needs redis-py: pip install 'ory_wsgi[redis]'",
         "memory backend ok",
     ]
+
+
+def answers(url: str, memory_ttl: str = "1s") -> DecisionCache[dict[str, Any]]:
+    """A handler's answer cache as `Services.decision_cache` builds it for one worker."""
+    settings = load_settings(
+        env={},
+        overrides={
+            "session_cache": {"backend": "redis", "redis_url": url, "memory_ttl": memory_ttl}
+        },
+    )
+    services = Services(settings, "http://app", None, None, None, frozenset())
+    return services.decision_cache("test_handler", lambda answer: float(answer["ttl"]))
+
+
+def test_handler_answers_are_shared_and_kept_in_memory_at_most_memory_ttl(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    asked: list[str] = []
+
+    def check(answer: str, ttl: float = 30.0) -> Callable[[], dict[str, Any]]:
+        return lambda: asked.append(answer) or {"answer": answer, "ttl": ttl}
+
+    first, second = answers(redis_server.url, "200ms"), answers(redis_server.url, "200ms")
+    key = ("documents", "doc-1", "view", "user:ada")
+    assert first.get(key, check("allowed"))["answer"] == "allowed"
+    assert second.get(key, check("other"))["answer"] == "allowed"
+    assert asked == ["allowed"]
+    (stored,) = raw.keys("ory_wsgi:v1:answer:test_handler:*")
+    assert b"doc-1" not in stored + raw.get(stored) and 29_000 < raw.pttl(stored) <= 30_000
+
+    raw.set(stored, json.dumps({"v": {"answer": "denied", "ttl": 30}, "exp": time.time() + 30}))
+    assert second.get(key, check("other"))["answer"] == "allowed"  # from memory
+    time.sleep(0.25)
+    assert second.get(key, check("other"))["answer"] == "denied"  # memory_ttl over: Redis
+    raw.set(stored, b"not json")
+    time.sleep(0.25)
+    assert second.get(key, check("fresh"))["answer"] == "fresh"  # unreadable: a miss
+    assert asked == ["allowed", "fresh"]
+    # An answer with 0 s to live is neither shared nor kept.
+    assert first.get(("x",), check("once", ttl=0))["answer"] == "once"
+    assert first.get(("x",), check("twice", ttl=0))["answer"] == "twice"
+    assert len(raw.keys("ory_wsgi:v1:answer:test_handler:*")) == 1
+
+
+def test_handler_answers_go_on_from_memory_and_the_service_while_redis_is_out(
+    redis_server: RedisServer,
+) -> None:
+    cache = answers(redis_server.url, "30s")
+    calls: list[int] = []
+
+    def check() -> dict[str, Any]:
+        calls.append(1)
+        return {"answer": "allowed", "ttl": 30}
+
+    cache.get(("a",), check)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        assert cache.get(("a",), check)["answer"] == "allowed"  # memory
+        assert cache.get(("b",), check)["answer"] == "allowed"  # Redis hangs: the service
+        assert cache.get(("c",), check)["answer"] == "allowed"  # Redis marked out: at once
+        assert time.monotonic() - started < 0.6 and len(calls) == 3
+    finally:
+        redis_server.resume()

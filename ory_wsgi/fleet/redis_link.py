@@ -191,7 +191,7 @@ class RedisLink:
             if self._client is None:
                 if self._down_since and time.monotonic() < self._retry_at:
                     # Another caller just failed to reach the cluster: do not wait for it again.
-                    raise redis.ConnectionError(self._reason or "redis cluster unreachable")
+                    raise redis.ConnectionError("no cluster node answered a moment ago")
                 self._client = cluster_client(self.url, self.timeout)
             return self._client
 
