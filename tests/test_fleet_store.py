@@ -553,3 +553,17 @@ def test_handler_answers_go_on_from_memory_and_the_service_while_redis_is_out(
         assert time.monotonic() - started < 0.6 and len(calls) == 3
     finally:
         redis_server.resume()
+
+
+def test_a_handler_answers_lost_lock_holder_blocks_nobody_past_its_deadline(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    cache = answers(redis_server.url)
+    assert cache.shared is not None
+    cache.shared.lock_timeout = 0.3  # type: ignore[attr-defined]
+    key = ("documents", "doc-9", "view", "user:ada")
+    lock = cache.shared.redis_key(key) + ":lock"  # type: ignore[attr-defined]
+    raw.set(lock, "a-worker-that-died", px=60_000)
+    started = time.monotonic()
+    assert cache.get(key, lambda: {"answer": "allowed", "ttl": 30})["answer"] == "allowed"
+    assert 0.3 <= time.monotonic() - started < 1.0
