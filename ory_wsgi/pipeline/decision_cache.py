@@ -105,6 +105,7 @@ class DecisionCache(Generic[V]):
         return value
 
     def clear(self) -> None:
+        """Forget this worker's answers (not those of a `shared` tier)."""
         with self._lock:
             self._entries.clear()
 

@@ -56,7 +56,10 @@ class Services:
         the fleet's Redis behind this worker's memory, which keeps an answer at most
         `memory_ttl` (ory_wsgi.fleet.shared_answers). Answers stored in Redis are JSON:
         `encode` turns an answer into what `json.dumps` takes and `decode` back (both
-        default to the answer itself), so a dataclass answer passes both.
+        default to the answer itself), so a dataclass answer passes both. Keys must
+        have the same `repr` in every process (tuples of strings). `clear()` empties
+        this worker's memory only: answers that a change (a new signing key) makes
+        wrong must be keyed by what changed (the key id), not cleared.
         """
         from ory_wsgi.fleet.wiring import answer_tier
 
