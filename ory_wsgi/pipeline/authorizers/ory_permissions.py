@@ -17,8 +17,9 @@ the tuple is rendered and checked with `POST <url>/relation-tuples/check/openapi
   503 with `Retry-After: 5` and one log line (fail closed).
 Answers (allowed and denied) are cached per URL and rendered tuple for
 `cache.ttl` (default 5s; "0s" turns the cache off) in one cache per worker
-(with Redis behind it under `[session_cache] backend = "redis"`), at most `cache.max_entries` of them, with single-flight: concurrent requests
-for one tuple make one call. Failures are never cached. Connections to each
+(with Redis behind it under `[session_cache] backend = "redis"`), at most
+`cache.max_entries` of them, with single-flight: concurrent requests for one
+tuple make one call. Failures are never cached. Connections to each
 Keto URL are pooled (one pool per URL per worker, built at load).
 """
 
