@@ -660,7 +660,10 @@ def _validate_fleet(settings: Settings, where: Any) -> None:
             f"{where('session_cache', 'backend')}: must be memory or redis, got {cache.backend!r}"
         )
     if cache.redis_url:
-        scheme = urlsplit(cache.redis_url).scheme
+        try:
+            scheme = urlsplit(cache.redis_url).scheme
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise ConfigError(f"{where('session_cache', 'redis_url')}: {exc}") from None
         if scheme not in REDIS_SCHEMES:
             raise ConfigError(
                 f"{where('session_cache', 'redis_url')}: expected a redis://, rediss://, "

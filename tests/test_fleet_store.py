@@ -357,6 +357,7 @@ def test_revoke_says_when_redis_cannot_be_reached(redis_server: RedisServer) -> 
         ({"backend": "memcached"}, "must be memory or redis"),
         ({"backend": "redis"}, "redis needs \\[session_cache\\] redis_url"),
         ({"backend": "redis", "redis_url": "http://cache:6379"}, "expected a redis://"),
+        ({"backend": "redis", "redis_url": "redis://[::1"}, "Invalid IPv6 URL"),
         ({"backend": "redis", "redis_url": "redis://h", "redis_timeout": 0}, "more than 0"),
     ],
 )
