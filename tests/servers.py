@@ -168,34 +168,40 @@ class RedisClusterServers:
     def __init__(self, directory: Path, size: int = 3) -> None:
         self.ports = [free_port() for _ in range(size)]
         self.processes: list[subprocess.Popen[bytes]] = []
-        for port in self.ports:
-            node_dir = directory / str(port)
-            node_dir.mkdir()
-            command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-            command += ["--dir", str(node_dir), "--save", "", "--appendonly", "no"]
-            # The cluster bus on its own free port (by default port + 10000, maybe taken).
-            command += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
-            command += ["--cluster-node-timeout", "2000"]
-            command += ["--logfile", str(node_dir / "redis.log")]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            self.processes.append(process)
-            wait_for_port(port, process=process)
-        nodes = [f"127.0.0.1:{port}" for port in self.ports]
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *nodes,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        self._wait_until_ok()
+        try:
+            for port in self.ports:
+                node_dir = directory / str(port)
+                node_dir.mkdir()
+                command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+                command += ["--dir", str(node_dir), "--save", "", "--appendonly", "no"]
+                # The cluster bus on its own free port (by default port + 10000, maybe taken).
+                command += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+                command += ["--cluster-node-timeout", "2000"]
+                command += ["--logfile", str(node_dir / "redis.log")]
+                process = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                )
+                self.processes.append(process)
+                wait_for_port(port, process=process)
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            subprocess.run(
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            self._wait_until_ok()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that did not form
+            raise
         self.url = f"redis://{nodes[0]},{nodes[1]}"
 
     def _wait_until_ok(self, timeout: float = 20.0) -> None:
