@@ -84,6 +84,7 @@ class SessionCacheSettings:
     redis_url: str = ""
     redis_timeout: float = field(default=0.25, metadata=DURATION)
     memory_ttl: float = field(default=1.0, metadata=DURATION)
+    redis_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -659,11 +660,19 @@ def _validate_fleet(settings: Settings, where: Any) -> None:
             f"{where('session_cache', 'backend')}: must be memory or redis, got {cache.backend!r}"
         )
     if cache.redis_url:
-        scheme = urlsplit(cache.redis_url).scheme
+        try:
+            scheme = urlsplit(cache.redis_url).scheme
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise ConfigError(f"{where('session_cache', 'redis_url')}: {exc}") from None
         if scheme not in REDIS_SCHEMES:
             raise ConfigError(
                 f"{where('session_cache', 'redis_url')}: expected a redis://, rediss://, "
                 f"unix:// or redis+sentinel:// URL, got scheme {scheme!r}"
+            )
+        if cache.redis_cluster and scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                f"{where('session_cache', 'redis_cluster')}: a cluster is reached by "
+                f"redis://host:port[,host:port...] or rediss://..., not {scheme}://"
             )
     elif cache.backend == "redis":
         raise ConfigError(

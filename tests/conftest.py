@@ -159,3 +159,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fleet_redis(redis_server: RedisServer) -> dict[str, Any]:
+    """The `[session_cache]` settings that name the fleet's Redis: `redis_server` here;
+    test_fleet_cluster.py overrides this fixture with a Redis Cluster and reruns the fleet
+    tests that take it."""
+    return {"redis_url": redis_server.url}

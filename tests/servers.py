@@ -157,6 +157,88 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+class RedisClusterServers:
+    """A real Redis Cluster: `size` redis-server masters (no replicas) on free loopback ports,
+    each in its own directory, joined by `redis-cli --cluster create`.
+
+    `url` names two of them as seed nodes (`[session_cache] redis_cluster = true`);
+    `client()` is a redis-py cluster client; `flush()` empties every node.
+    """
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.ports = [free_port() for _ in range(size)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+        try:
+            for port in self.ports:
+                node_dir = directory / str(port)
+                node_dir.mkdir()
+                command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+                command += ["--dir", str(node_dir), "--save", "", "--appendonly", "no"]
+                # The cluster bus on its own free port (by default port + 10000, maybe taken).
+                command += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+                command += ["--cluster-node-timeout", "2000"]
+                command += ["--logfile", str(node_dir / "redis.log")]
+                process = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+                )
+                self.processes.append(process)
+                wait_for_port(port, process=process)
+            nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            subprocess.run(
+                [
+                    "redis-cli",
+                    "--cluster",
+                    "create",
+                    *nodes,
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            self._wait_until_ok()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that did not form
+            raise
+        self.url = f"redis://{nodes[0]},{nodes[1]}"
+
+    def _wait_until_ok(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                for port in self.ports
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the redis cluster did not reach cluster_state:ok")
+
+    def client(self) -> Any:
+        import redis.cluster
+
+        return redis.cluster.RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def flush(self) -> None:
+        for port in self.ports:
+            subprocess.run(
+                ["redis-cli", "-p", str(port), "flushall"], check=True, capture_output=True
+            )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 class ThreadedServer:
     """A werkzeug server in a thread of the test process."""
 
@@ -192,6 +274,11 @@ def proxy_gunicorn(
     path.write_text(config)
     kwargs.setdefault("cwd", directory)
     return Gunicorn(f'ory_wsgi:make_app("{path}")', *args, **kwargs)
+
+
+def toml_lines(settings: dict[str, Any]) -> str:
+    """`key = value` lines of a TOML table for strings, numbers and booleans (`fleet_redis`)."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import requests
-from servers import Gunicorn, RedisServer, ThreadedServer, free_port
+from servers import Gunicorn, RedisServer, ThreadedServer, free_port, toml_lines
 from werkzeug.test import Client
 
 from ory_wsgi import cli, make_app
@@ -28,11 +29,15 @@ from ory_wsgi.testing import FakeKratos
 Start = Callable[[], list[Gunicorn]]
 
 
-def config_text(upstream: str, ory: str, redis_url: str, state_dir: Path, port: int = 0) -> str:
+def config_text(
+    upstream: str, ory: str, redis: str | dict[str, Any], state_dir: Path, port: int = 0
+) -> str:
+    """`redis`: the URL, or the `[session_cache]` settings (`fleet_redis`)."""
+    redis_settings = {"redis_url": redis} if isinstance(redis, str) else redis
     return (
         f'[proxy]\nupstream = "{upstream}"\npublic_url = "http://127.0.0.1:{port or 4000}"\n'
         f'state_dir = "{state_dir}"\n[ory]\nsdk_url = "{ory}"\n'
-        f'[session_cache]\nredis_url = "{redis_url}"\n[jwt]\nkeys_backend = "redis"\n'
+        f'[session_cache]\n{toml_lines(redis_settings)}[jwt]\nkeys_backend = "redis"\n'
     )
 
 
@@ -41,14 +46,14 @@ def two_proxies(
     start_proxy: Callable[..., Gunicorn],
     upstream: ThreadedServer,
     fake_ory: FakeKratos,
-    redis_server: RedisServer,
+    fleet_redis: dict[str, Any],
     tmp_path: Path,
 ) -> Start:
     def start() -> list[Gunicorn]:
         proxies = []
         for name in ("a", "b"):
             port = free_port()
-            text = config_text(upstream.url, fake_ory.url, redis_server.url, tmp_path / name, port)
+            text = config_text(upstream.url, fake_ory.url, fleet_redis, tmp_path / name, port)
             proxies.append(start_proxy(text, workers=2, port=port))
         return proxies
 

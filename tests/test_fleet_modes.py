@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from servers import RedisServer, ThreadedServer
+from servers import ThreadedServer
 from werkzeug.test import Client
 
 import ory_wsgi
@@ -47,9 +47,9 @@ def through_decisions(client: Client, token: str) -> int:
 
 @pytest.mark.parametrize("mode", ["proxy", "decisions", "middleware"])
 def test_a_revoked_session_is_refused_by_every_instance_of_every_mode(
-    mode: str, redis_server: RedisServer, fake_ory: FakeKratos, upstream: ThreadedServer
+    mode: str, fleet_redis: dict[str, Any], fake_ory: FakeKratos, upstream: ThreadedServer
 ) -> None:
-    cache = {"backend": "redis", "redis_url": redis_server.url, "ttl": "30s", "memory_ttl": "30s"}
+    cache = {"backend": "redis", **fleet_redis, "ttl": "30s", "memory_ttl": "30s"}
     common: dict[str, Any] = {
         "sdk_url": fake_ory.url,
         "public_url": "https://app.example.com",

@@ -2,7 +2,9 @@
 
 Revocation reaches every worker of both proxies, concurrent first requests
 cost one whoami in total, the whoami budget holds fleet-wide, and Redis can
-die and come back mid-traffic without a 5xx.
+die and come back mid-traffic without a 5xx. Handlers' answer caches
+(`ory_permissions` and the Keto stand-in) are shared too: one Keto check per
+tuple per TTL for the fleet, and still decisions (no 5xx) when Redis is lost.
 """
 
 from __future__ import annotations
@@ -14,13 +16,25 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import requests
-from servers import ROOT, Gunicorn, RedisServer, ThreadedServer, free_port, log_records
+from redis.cluster import RedisCluster
+from servers import (
+    ROOT,
+    Gunicorn,
+    RedisServer,
+    ThreadedServer,
+    free_port,
+    log_records,
+    toml_lines,
+)
 
 import ory_wsgi
 from ory_wsgi.testing import FakeKratos
+from ory_wsgi.testing.keto import FakeKeto
 
 Fleet = Callable[..., list[Gunicorn]]
 PROTECT = '[[protect]]\nprefix = "/members"\n'
@@ -31,10 +45,10 @@ def fleet(
     start_proxy: Callable[..., Gunicorn],
     upstream: ThreadedServer,
     fake_ory: FakeKratos,
-    redis_server: RedisServer,
+    fleet_redis: dict[str, Any],
 ) -> Fleet:
     """start(extra_toml="", ory_toml="", proxies=2, gunicorn_args=()) -> proxies of 2 workers
-    each on `redis_server`.
+    each on `fleet_redis` (`redis_server`, or a cluster in test_fleet_cluster.py).
 
     `ory_toml` goes into the `[ory]` section, `extra_toml` after the last one.
     """
@@ -48,7 +62,7 @@ def fleet(
             config = (
                 f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "http://127.0.0.1:{port}"\n'
                 f'[ory]\nsdk_url = "{fake_ory.url}"\n{ory}'
-                f'[session_cache]\nbackend = "redis"\nredis_url = "{redis_server.url}"\n'
+                f'[session_cache]\nbackend = "redis"\n{toml_lines(fleet_redis)}'
                 'ttl = "30s"\nmemory_ttl = "30s"\n'
                 f"{extra}"
             )
@@ -111,7 +125,7 @@ def test_logout_through_one_proxy_ends_the_session_on_every_worker_of_both(
 
 
 def test_revocation_reaches_workers_forked_from_a_preloaded_app(
-    fleet: Fleet, fake_ory: FakeKratos, redis_server: RedisServer
+    fleet: Fleet, fake_ory: FakeKratos, fleet_redis: dict[str, Any]
 ) -> None:
     # --preload builds the app (and its Redis client) in the master, then forks:
     # each worker must start its own subscriber and its own connections.
@@ -120,12 +134,7 @@ def test_revocation_reaches_workers_forked_from_a_preloaded_app(
     assert all(on_every_worker(proxies, "/x", cookies))
     assert fake_ory.whoami_calls == 1
     fake_ory.revoke_session(session_id)
-    assert (
-        ory_wsgi.revoke(
-            session_id, session_cache={"backend": "redis", "redis_url": redis_server.url}
-        )
-        >= 1
-    )
+    assert ory_wsgi.revoke(session_id, session_cache={"backend": "redis", **fleet_redis}) >= 1
     assert not any(on_every_worker(proxies, "/x", cookies))
 
 
@@ -260,3 +269,104 @@ def test_redis_and_ory_down_protected_paths_fail_closed(
         closed = fetch(f"{proxy.url}/members/x", cookies)
         assert closed.status_code == 503 and closed.headers["Retry-After"]
         assert not has_jwt(fetch(f"{proxy.url}/x", cookies))
+
+
+ANSWERS_RULE = """
+[authenticators.cookie_session]
+enabled = true
+[authorizers.ory_permissions]
+enabled = true
+[mutators.noop]
+enabled = true
+[errors.handlers.json]
+enabled = true
+
+[[rule]]
+id = "documents"
+match = {{ methods = ["GET"], url = "http://<[^/]+>/docs/<[^/]+>" }}
+authenticators = [{{ handler = "cookie_session" }}]
+mutators = [{{ handler = "noop" }}]
+
+[rule.authorizer]
+handler = "ory_permissions"
+
+[rule.authorizer.config]
+url = "{keto}"
+namespace = "documents"
+object = "{{{{ index .MatchContext.RegexpCaptureGroups 1 }}}}"
+relation = "view"
+subject_id = "{{{{ .Subject }}}}"
+cache = {{ ttl = "30s" }}
+"""
+
+
+def keto_user(fake_ory: FakeKratos, name: str) -> tuple[str, dict[str, str]]:
+    """(identity id: the rule's subject, session cookies)."""
+    identity = fake_ory.add_identity(f"{name}@example.com", "correct horse battery staple")
+    _, token = fake_ory.create_session(identity["id"])
+    return str(identity["id"]), fake_ory.cookies(token)
+
+
+def statuses_everywhere(proxies: list[Any], path: str, cookies: dict[str, str]) -> list[int]:
+    """Statuses of 12 concurrent requests to each proxy (every worker answers some)."""
+    urls = [f"{proxy.url}{path}" for proxy in proxies for _ in range(12)]
+    with ThreadPoolExecutor(len(urls)) as pool:
+        return [answer.status_code for answer in pool.map(lambda u: fetch(u, cookies), urls)]
+
+
+def answer_keys(client: redis.Redis | RedisCluster) -> list[bytes]:
+    if isinstance(client, RedisCluster):
+        return list(client.keys("ory_wsgi:v1:answer:*", target_nodes=RedisCluster.PRIMARIES))
+    return list(client.keys("ory_wsgi:v1:answer:*"))
+
+
+def raw_client(fleet_redis: dict[str, Any]) -> redis.Redis | RedisCluster:
+    url = fleet_redis["redis_url"]
+    if fleet_redis.get("redis_cluster"):
+        host, _, port = url.removeprefix("redis://").split(",")[0].rpartition(":")
+        return RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)
+
+
+def test_one_keto_check_per_tuple_per_ttl_for_the_whole_fleet(
+    fleet: Fleet, fake_ory: FakeKratos, fake_keto: FakeKeto, fleet_redis: dict[str, Any]
+) -> None:
+    proxies = fleet(ANSWERS_RULE.format(keto=fake_keto.url))
+    identity, cookies = keto_user(fake_ory, "ada")
+    fake_keto.add("documents", "doc-1", "view", subject_id=identity)
+    assert fetch(f"{proxies[1].url}/docs/doc-2", cookies).status_code == 403
+    assert statuses_everywhere(proxies, "/docs/doc-2", cookies) == [403] * 24
+
+    fake_keto.delay = 0.3  # concurrent first requests on 4 workers wait for one check
+    assert statuses_everywhere(proxies, "/docs/doc-1", cookies) == [200] * 24
+    fake_keto.delay = 0.0
+    assert fake_keto.check_calls == 2  # 50 requests on 4 workers: one check per tuple
+
+    client = raw_client(fleet_redis)
+    keys = answer_keys(client)
+    assert len(keys) == 2
+    for key in keys:
+        assert key.startswith(b"ory_wsgi:v1:answer:ory_permissions:")
+        blob = key + client.get(key)
+        assert b"doc-1" not in blob and b"doc-2" not in blob and identity.encode() not in blob
+    client.close()
+
+
+def test_redis_stopped_every_worker_still_decides_without_a_5xx(
+    fleet: Fleet, fake_ory: FakeKratos, fake_keto: FakeKeto, redis_server: RedisServer
+) -> None:
+    proxies = fleet(ANSWERS_RULE.format(keto=fake_keto.url))
+    identity, cookies = keto_user(fake_ory, "bo")
+    fake_keto.add("documents", "doc-1", "view", subject_id=identity)
+    assert statuses_everywhere(proxies, "/docs/doc-1", cookies) == [200] * 24
+
+    redis_server.stop()
+    started = time.monotonic()
+    assert statuses_everywhere(proxies, "/docs/doc-1", cookies) == [200] * 24
+    assert (
+        statuses_everywhere(proxies, "/docs/doc-3", cookies) == [403] * 24
+    )  # Keto asked: Redis is out
+    fake_keto.add("documents", "doc-4", "view", subject_id=identity)
+    assert statuses_everywhere(proxies, "/docs/doc-4", cookies) == [200] * 24
+    assert time.monotonic() - started < 10
+    redis_server.start()

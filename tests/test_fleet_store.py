@@ -7,6 +7,7 @@ runs under gunicorn are in test_fleet_proxy.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -27,6 +28,8 @@ from ory_wsgi.fleet.session_store import SharedSessionStore
 from ory_wsgi.fleet.wiring import attach_fleet, memory_ttl
 from ory_wsgi.ory.cache import SessionCache
 from ory_wsgi.ory.client import ANONYMOUS, FAILED, Credentials, Lookup, extract_credentials
+from ory_wsgi.pipeline.decision_cache import DecisionCache
+from ory_wsgi.pipeline.services import Services
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratos
 
@@ -95,6 +98,12 @@ def credentials(token: str = "ory_st_secret-token-value") -> Credentials:
     return found
 
 
+def redis_key(kind: str, found: Credentials) -> str:
+    """Where the fleet keeps `kind` ("s", "lock", "gone") for these credentials: tagged by
+    their digest, so that a cluster keeps them in one slot."""
+    return f"ory_wsgi:v1:{kind}:{{{found.cache_key.hex()}}}"
+
+
 @pytest.fixture(autouse=True)
 def stop_listeners() -> Iterator[None]:
     """Each in-process worker's revocation thread ends with its test."""
@@ -135,7 +144,7 @@ def test_redis_holds_digests_never_cookies_or_tokens(
         for blob in [key, *values]:
             assert b"thisIsTheSecret" not in blob
             assert b"ory_st_" not in blob
-    assert raw.exists(b"ory_wsgi:v1:s:" + credentials(token).cache_key.hex().encode())
+    assert raw.exists(redis_key("s", credentials(token)))
 
 
 def test_a_cached_session_never_outlives_its_expires_at(
@@ -143,7 +152,7 @@ def test_a_cached_session_never_outlives_its_expires_at(
 ) -> None:
     ory = Ory(session_lookup(expires_in=1.0))
     Worker(redis_server.url, ttl="60s").get(credentials(), ory.fetch)
-    key = b"ory_wsgi:v1:s:" + credentials().cache_key.hex().encode()
+    key = redis_key("s", credentials())
     assert 0 < raw.pttl(key) <= 1000
     time.sleep(1.1)
     assert not raw.exists(key)
@@ -154,7 +163,7 @@ def test_a_cached_session_never_outlives_its_expires_at(
 def test_a_401_is_shared_briefly(redis_server: RedisServer, raw: redis.Redis) -> None:
     ory = Ory(ANONYMOUS)
     Worker(redis_server.url, negative_ttl="300ms").get(credentials(), ory.fetch)
-    key = b"ory_wsgi:v1:s:" + credentials().cache_key.hex().encode()
+    key = redis_key("s", credentials())
     assert 0 < raw.pttl(key) <= 300
     assert Worker(redis_server.url).get(credentials(), ory.fetch).outcome == "anonymous"
     assert ory.calls == 1
@@ -215,7 +224,7 @@ def test_a_lost_lock_holder_blocks_nobody_past_the_deadline(
     redis_server: RedisServer, raw: redis.Redis
 ) -> None:
     # A worker that took the lock and died: its lock would stay for 60 s.
-    raw.set("ory_wsgi:v1:lock:" + credentials().cache_key.hex(), "dead-worker", px=60_000)
+    raw.set(redis_key("lock", credentials()), "dead-worker", px=60_000)
     worker = Worker(redis_server.url, ory={"timeout": "500ms", "max_call_wait": 0})
     ory = Ory(session_lookup())
     started = time.monotonic()
@@ -348,6 +357,7 @@ def test_revoke_says_when_redis_cannot_be_reached(redis_server: RedisServer) -> 
         ({"backend": "memcached"}, "must be memory or redis"),
         ({"backend": "redis"}, "redis needs \\[session_cache\\] redis_url"),
         ({"backend": "redis", "redis_url": "http://cache:6379"}, "expected a redis://"),
+        ({"backend": "redis", "redis_url": "redis://[::1"}, "Invalid IPv6 URL"),
         ({"backend": "redis", "redis_url": "redis://h", "redis_timeout": 0}, "more than 0"),
     ],
 )
@@ -480,3 +490,81 @@ def test_without_redis_py_the_redis_backend_is_a_one_line_config_error() -> None
         "[session_cache] backend = \"redis\" needs redis-py: pip install 'ory_wsgi[redis]'",
         "memory backend ok",
     ]
+
+
+def answers(url: str, memory_ttl: str = "1s") -> DecisionCache[dict[str, Any]]:
+    """A handler's answer cache as `Services.decision_cache` builds it for one worker."""
+    settings = load_settings(
+        env={},
+        overrides={
+            "session_cache": {"backend": "redis", "redis_url": url, "memory_ttl": memory_ttl}
+        },
+    )
+    services = Services(settings, "http://app", None, None, None, frozenset())
+    return services.decision_cache("test_handler", lambda answer: float(answer["ttl"]))
+
+
+def test_handler_answers_are_shared_and_kept_in_memory_at_most_memory_ttl(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    asked: list[str] = []
+
+    def check(answer: str, ttl: float = 30.0) -> Callable[[], dict[str, Any]]:
+        return lambda: asked.append(answer) or {"answer": answer, "ttl": ttl}
+
+    first, second = answers(redis_server.url, "200ms"), answers(redis_server.url, "200ms")
+    key = ("documents", "doc-1", "view", "user:ada")
+    assert first.get(key, check("allowed"))["answer"] == "allowed"
+    assert second.get(key, check("other"))["answer"] == "allowed"
+    assert asked == ["allowed"]
+    (stored,) = raw.keys("ory_wsgi:v1:answer:test_handler:*")
+    assert b"doc-1" not in stored + raw.get(stored) and 29_000 < raw.pttl(stored) <= 30_000
+
+    raw.set(stored, json.dumps({"v": {"answer": "denied", "ttl": 30}, "exp": time.time() + 30}))
+    assert second.get(key, check("other"))["answer"] == "allowed"  # from memory
+    time.sleep(0.25)
+    assert second.get(key, check("other"))["answer"] == "denied"  # memory_ttl over: Redis
+    raw.set(stored, b"not json")
+    time.sleep(0.25)
+    assert second.get(key, check("fresh"))["answer"] == "fresh"  # unreadable: a miss
+    assert asked == ["allowed", "fresh"]
+    # An answer with 0 s to live is neither shared nor kept.
+    assert first.get(("x",), check("once", ttl=0))["answer"] == "once"
+    assert first.get(("x",), check("twice", ttl=0))["answer"] == "twice"
+    assert len(raw.keys("ory_wsgi:v1:answer:test_handler:*")) == 1
+
+
+def test_handler_answers_go_on_from_memory_and_the_service_while_redis_is_out(
+    redis_server: RedisServer,
+) -> None:
+    cache = answers(redis_server.url, "30s")
+    calls: list[int] = []
+
+    def check() -> dict[str, Any]:
+        calls.append(1)
+        return {"answer": "allowed", "ttl": 30}
+
+    cache.get(("a",), check)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        assert cache.get(("a",), check)["answer"] == "allowed"  # memory
+        assert cache.get(("b",), check)["answer"] == "allowed"  # Redis hangs: the service
+        assert cache.get(("c",), check)["answer"] == "allowed"  # Redis marked out: at once
+        assert time.monotonic() - started < 0.6 and len(calls) == 3
+    finally:
+        redis_server.resume()
+
+
+def test_a_handler_answers_lost_lock_holder_blocks_nobody_past_its_deadline(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    cache = answers(redis_server.url)
+    assert cache.shared is not None
+    cache.shared.lock_timeout = 0.3  # type: ignore[attr-defined]
+    key = ("documents", "doc-9", "view", "user:ada")
+    lock = cache.shared.redis_key(key) + ":lock"  # type: ignore[attr-defined]
+    raw.set(lock, "a-worker-that-died", px=60_000)
+    started = time.monotonic()
+    assert cache.get(key, lambda: {"answer": "allowed", "ttl": 30})["answer"] == "allowed"
+    assert 0.3 <= time.monotonic() - started < 1.0

@@ -9,6 +9,12 @@ A message names the credential digests to drop, which `SessionCache.drop_key`
 forgets (and a whoami under way for them is not kept). While the thread is
 cut off from Redis it cannot hear revocations, so on every (re)subscription
 it clears the memory cache: entries kept while deaf are not trusted.
+
+On a Redis Cluster the subscription is redis-py's `ClusterPubSub` on the node
+that owns the channel's slot; classic `PUBLISH` reaches subscribers on every
+node, so it does not matter which node a publisher talks to. (Sharded pub/sub
+would spare the cluster bus, but revocations are rare and classic pub/sub works
+the same on one server, a Sentinel master and a cluster.)
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import threading
 
 from redis.exceptions import RedisError
 
-from ory_wsgi.fleet.redis_link import RedisLink
+from ory_wsgi.fleet.redis_link import REDIS_ERRORS, RedisLink
 from ory_wsgi.ory.cache import SessionCache
 
 log = logging.getLogger("ory_wsgi.fleet")
@@ -60,7 +66,7 @@ class RevocationListener:
         while not self._stopped.is_set():
             try:
                 self._listen()
-            except (RedisError, OSError) as exc:
+            except (*REDIS_ERRORS, OSError) as exc:
                 self.subscribed.clear()
                 self.link.failed(exc)
             except Exception:  # a bad message must not end revocations for this worker

@@ -49,18 +49,18 @@ def revoke(session_id: str, config: str | os.PathLike[str] | None = None, **over
             "is private to it"
         )
     require_redis()
-    import redis
-
-    from ory_wsgi.fleet.redis_link import RedisLink
+    from ory_wsgi.fleet.redis_link import REDIS_ERRORS, RedisLink
     from ory_wsgi.fleet.session_store import SharedSessionStore
 
-    link = RedisLink(cache.redis_url, timeout=max(cache.redis_timeout, MIN_TIMEOUT))
+    link = RedisLink(
+        cache.redis_url, timeout=max(cache.redis_timeout, MIN_TIMEOUT), cluster=cache.redis_cluster
+    )
     try:
         return SharedSessionStore(link, ttl=cache.ttl).revoke(session_id)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise RevocationFailed(f"revoke: Redis did not answer: {exc}") from None
     finally:
-        link.client.close()
+        link.close()
 
 
 def rotate_redis_keys(config: str | os.PathLike[str] | None = None) -> str:
@@ -71,16 +71,16 @@ def rotate_redis_keys(config: str | os.PathLike[str] | None = None) -> str:
             'keys rotate: name the key FILE, or a config with [jwt] keys_backend = "redis"'
         )
     require_redis()
-    import redis
-
-    from ory_wsgi.fleet.redis_link import RedisLink
+    from ory_wsgi.fleet.redis_link import REDIS_ERRORS, RedisLink
     from ory_wsgi.fleet.shared_keys import rotate_in_redis
 
     cache = settings.session_cache
-    link = RedisLink(cache.redis_url, timeout=max(cache.redis_timeout, MIN_TIMEOUT))
+    link = RedisLink(
+        cache.redis_url, timeout=max(cache.redis_timeout, MIN_TIMEOUT), cluster=cache.redis_cluster
+    )
     try:
         return rotate_in_redis(link)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise RedisUnreachable(f"keys rotate: Redis did not answer: {exc}") from None
     finally:
-        link.client.close()
+        link.close()

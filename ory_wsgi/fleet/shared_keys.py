@@ -23,10 +23,8 @@ import os
 import threading
 import time
 
-import redis
-
 from ory_wsgi.errors import ConfigError
-from ory_wsgi.fleet.redis_link import RedisLink
+from ory_wsgi.fleet.redis_link import REDIS_ERRORS, LuaScript, RedisLink
 from ory_wsgi.keys import (
     CHECK_INTERVAL,
     DEFAULT_FILE_NAME,
@@ -74,7 +72,7 @@ class RedisKeySet(KeySet):
             return None
         try:
             document = self.link.client.get(self.redis_key)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self.link.failed(exc)
             return None
         self.link.succeeded()
@@ -90,13 +88,13 @@ class RedisKeySet(KeySet):
         return material
 
     def _first_document(self, seed_file: str) -> bytes:
-        client = self.link.client
         try:
+            client = self.link.client
             document = client.get(self.redis_key)
             if not document:
                 client.set(self.redis_key, self._seed(seed_file), nx=True)
                 document = client.get(self.redis_key)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             try:
                 with open(self.copy_path, "rb") as file:
                     copy = file.read()
@@ -134,26 +132,27 @@ class RedisKeySet(KeySet):
             log.warning("cannot keep a copy of the key set at %s: %s", self.copy_path, error)
 
 
+# Replace the key set only if nobody changed it since we read it (one key: any slot).
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 def rotate_in_redis(link: RedisLink) -> str:
     """Put a new signing key first in the key set in Redis, keep the old ones; the new kid.
 
-    Raises `ConfigError` when there is no key set in Redis yet, `RedisError`
-    when Redis cannot be reached.
+    Raises `ConfigError` when there is no key set in Redis yet, one of
+    `REDIS_ERRORS` when Redis cannot be reached. A compare-and-set script
+    rather than WATCH/MULTI, which a cluster client does not offer everywhere.
     """
     key = link.key("jwks")
-    with link.client.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(key)  # type: ignore[no-untyped-call]
-                document = pipe.get(key)
-                if not isinstance(document, bytes):
-                    raise ConfigError(
-                        f"{key}: no key set in Redis yet; start the proxy once to create it"
-                    )
-                rotated, kid = rotated_key_set(f"redis {key}", document)
-                pipe.multi()
-                pipe.set(key, rotated)
-                pipe.execute()
-                return kid
-            except redis.WatchError:
-                continue
+    swap = LuaScript(link, _SWAP)
+    while True:
+        document = link.client.get(key)
+        if not isinstance(document, bytes):
+            raise ConfigError(f"{key}: no key set in Redis yet; start the proxy once to create it")
+        rotated, kid = rotated_key_set(f"redis {key}", document)
+        if swap([key], [document, rotated]):
+            return kid

@@ -12,7 +12,7 @@ fleet-wide budget. The memory backend with a budget gets a per-worker one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ory_wsgi.fleet import require_redis
 from ory_wsgi.fleet.budget import WhoamiBudget
@@ -23,6 +23,9 @@ from ory_wsgi.settings import Settings
 
 if TYPE_CHECKING:
     from ory_wsgi.fleet.session_store import SharedSessionStore
+    from ory_wsgi.fleet.shared_answers import RedisAnswers
+
+V = TypeVar("V")
 
 # The lock outlives Ory's timeout by this much, so a slow but live holder keeps it.
 LOCK_MARGIN = 0.5
@@ -58,7 +61,7 @@ def attach_fleet(settings: Settings, memory: SessionCache) -> SharedSessionStore
     from ory_wsgi.fleet.revocations import RevocationListener
     from ory_wsgi.fleet.session_store import SharedSessionStore
 
-    link = RedisLink(cache.redis_url, timeout=cache.redis_timeout)
+    link = RedisLink(cache.redis_url, timeout=cache.redis_timeout, cluster=cache.redis_cluster)
     budget = None
     if ory.max_calls_per_second:
         budget = WhoamiBudget(
@@ -76,6 +79,32 @@ def attach_fleet(settings: Settings, memory: SessionCache) -> SharedSessionStore
     return store
 
 
+def answer_tier(
+    settings: Settings,
+    memory: SessionCache | None,
+    name: str,
+    lifetime: Callable[[V], float],
+    encode: Callable[[V], Any] | None,
+    decode: Callable[[Any], V] | None,
+) -> RedisAnswers[V] | None:
+    """The Redis tier of handler `name`'s answer cache, or None with the memory backend.
+
+    It shares the session store's link (one client, one health, per worker) when there is
+    one; a proxy without Kratos gets a link of its own for each handler.
+    """
+    cache = settings.session_cache
+    if cache.backend != "redis":
+        return None
+    require_redis()
+    from ory_wsgi.fleet.redis_link import RedisLink
+    from ory_wsgi.fleet.shared_answers import RedisAnswers
+
+    link = getattr(getattr(memory, "shared", None), "link", None)
+    if not isinstance(link, RedisLink):
+        link = RedisLink(cache.redis_url, cache.redis_timeout, cluster=cache.redis_cluster)
+    return RedisAnswers(link, name, lifetime, encode, decode)
+
+
 def key_set(settings: Settings) -> KeySet:
     """The JWT key set: the file (`keys_file`, or generated in `state_dir`), or Redis'."""
     jwt, state_dir = settings.jwt, settings.proxy.state_dir
@@ -86,7 +115,8 @@ def key_set(settings: Settings) -> KeySet:
     from ory_wsgi.fleet.shared_keys import RedisKeySet
 
     cache = settings.session_cache
-    return RedisKeySet(RedisLink(cache.redis_url, cache.redis_timeout), state_dir, jwt.keys_file)
+    link = RedisLink(cache.redis_url, cache.redis_timeout, cluster=cache.redis_cluster)
+    return RedisKeySet(link, state_dir, jwt.keys_file)
 
 
 def redis_health(store: SharedSessionStore | None, keys: KeySet | None) -> Callable[[], str] | None:

@@ -11,6 +11,10 @@ token's expiry. Concurrent `get`s of a key that is not cached share one
 raise and which is never kept (a service that is down is asked again by the
 next request). At most `max_entries` answers are kept, the least recently used
 going first. The approach is ory_wsgi.ory.cache.SessionCache's, made generic.
+
+With a `shared` tier (the fleet's Redis, `ory_wsgi.fleet.shared_answers`) a
+miss here asks the tier instead of `fetch`; the tier says how long the answer
+has left, and this worker keeps it at most `memory_ttl` of that.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 V = TypeVar("V")
+
+
+class SharedAnswers(Protocol[V]):
+    """A tier behind the memory: `get` returns the answer and the seconds it has left."""
+
+    def get(self, key: Hashable, fetch: Callable[[], V]) -> tuple[V, float]: ...
 
 
 class _Flight(Generic[V]):
@@ -38,9 +48,17 @@ class _Flight(Generic[V]):
 class DecisionCache(Generic[V]):
     """Thread-safe, bounded; one fetch per key at a time. `ttl` 0 via `lifetime` keeps nothing."""
 
-    def __init__(self, lifetime: Callable[[V], float], max_entries: int = 10000) -> None:
+    def __init__(
+        self,
+        lifetime: Callable[[V], float],
+        max_entries: int = 10000,
+        shared: SharedAnswers[V] | None = None,
+        memory_ttl: float = float("inf"),
+    ) -> None:
         self.lifetime = lifetime
         self.max_entries = max_entries
+        self.shared = shared
+        self.memory_ttl = memory_ttl
         self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight[V]] = {}
         self._lock = threading.Lock()
@@ -63,7 +81,12 @@ class DecisionCache(Generic[V]):
                 raise flight.error
             return flight.value  # type: ignore[return-value]
         try:
-            value = fetch()
+            if self.shared is None:
+                value = fetch()
+                lifetime = self.lifetime(value)
+            else:
+                value, lifetime = self.shared.get(key, fetch)
+            lifetime = min(lifetime, self.memory_ttl)
         except BaseException as exc:
             flight.error = exc
             with self._lock:
@@ -71,7 +94,6 @@ class DecisionCache(Generic[V]):
             flight.done.set()
             raise
         flight.value = value
-        lifetime = self.lifetime(value)
         with self._lock:
             del self._flights[key]
             if lifetime > 0:
@@ -83,6 +105,7 @@ class DecisionCache(Generic[V]):
         return value
 
     def clear(self) -> None:
+        """Forget this worker's answers (not those of a `shared` tier)."""
         with self._lock:
             self._entries.clear()
 

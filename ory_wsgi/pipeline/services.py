@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ory_wsgi.keys import KeySet
 from ory_wsgi.ory.cache import SessionCache
@@ -41,13 +41,30 @@ class Services:
     rewriter: OryRewriter | None = None
 
     def decision_cache(
-        self, name: str, lifetime: Callable[[V], float], max_entries: int = 10000
+        self,
+        name: str,
+        lifetime: Callable[[V], float],
+        max_entries: int = 10000,
+        encode: Callable[[V], Any] | None = None,
+        decode: Callable[[Any], V] | None = None,
     ) -> DecisionCache[V]:
         """The cache a handler keeps a service's answers in, built once per handler.
 
         `name` says whose answers they are ("ory_permissions", "oauth2_introspection"):
-        every handler asks here, so one place decides where answers live (this
-        worker's memory today; the fleet's shared backend when one is configured).
+        every handler asks here, so one place decides where answers live. With the
+        memory backend, this worker's memory. With `[session_cache] backend = "redis"`,
+        the fleet's Redis behind this worker's memory, which keeps an answer at most
+        `memory_ttl` (ory_wsgi.fleet.shared_answers). Answers stored in Redis are JSON:
+        `encode` turns an answer into what `json.dumps` takes and `decode` back (both
+        default to the answer itself), so a dataclass answer passes both. Keys must
+        have the same `repr` in every process (tuples of strings). `clear()` empties
+        this worker's memory only: answers that a change (a new signing key) makes
+        wrong must be keyed by what changed (the key id), not cleared.
         """
-        del name
-        return DecisionCache(lifetime, max_entries=max_entries)
+        from ory_wsgi.fleet.wiring import answer_tier
+
+        shared = answer_tier(self.settings, self.cache, name, lifetime, encode, decode)
+        if shared is None:
+            return DecisionCache(lifetime, max_entries=max_entries)
+        memory_ttl = self.settings.session_cache.memory_ttl
+        return DecisionCache(lifetime, max_entries, shared=shared, memory_ttl=memory_ttl)

@@ -1,4 +1,4 @@
-"""pytest plugin: `fake_ory` (a local Kratos stand-in on a free port), `fake_keto`, `fake_hydra`, `fake_issuer`.
+"""pytest plugin: `fake_ory` (a local Kratos stand-in), `fake_keto`, `fake_hydra`, `fake_issuer`.
 
 Installed with ory_wsgi (entry point `pytest11`), so any test can ask for `fake_ory`. One server
 runs for the whole test session; each test gets it empty (no identities, sessions, counters or

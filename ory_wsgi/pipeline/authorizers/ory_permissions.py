@@ -17,9 +17,10 @@ the tuple is rendered and checked with `POST <url>/relation-tuples/check/openapi
 - unreachable, a timeout (`timeout`, default 2s), 5xx or any other answer:
   503 with `Retry-After: 5` and one log line (fail closed).
 Answers (allowed and denied) are cached per URL and rendered tuple for
-`cache.ttl` (default 5s; "0s" turns the cache off) in one cache per worker,
-at most `cache.max_entries` of them, with single-flight: concurrent requests
-for one tuple make one call. Failures are never cached. Connections to each
+`cache.ttl` (default 5s; "0s" turns the cache off) in one cache per worker
+(with Redis behind it under `[session_cache] backend = "redis"`), at most
+`cache.max_entries` of them, with single-flight: concurrent requests for one
+tuple make one call. Failures are never cached. Connections to each
 Keto URL are pooled (one pool per URL per worker, built at load).
 `api_key` (Ory Network's Permissions API wants a project API key) is sent as
 `Authorization: Bearer <api_key>` to `url` and nowhere else, and never logged.
@@ -31,7 +32,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -88,7 +89,12 @@ class OryPermissions:
     def __init__(self, services: Services, max_entries: int = 10000) -> None:
         self._endpoints = Endpoints()
         self.cache: DecisionCache[Answer] = services.decision_cache(
-            self.name, lambda answer: answer.ttl, max_entries=max_entries
+            self.name,
+            lambda answer: answer.ttl,
+            max_entries=max_entries,
+            # In Redis ([session_cache] backend = "redis") as [outcome, ttl, retry_after, reason].
+            encode=astuple,
+            decode=lambda s: Answer(str(s[0]), float(s[1]), str(s[2]), str(s[3])),
         )
 
     def prepare(self, config: Config, where: str) -> Prepared:
