@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ory_wsgi.paths import NormalisedPath
+from ory_wsgi.rules.model import Upstream
 from ory_wsgi.rules.template import HeaderSource, MatchContext
 
 STATE_KEY = "ory.state"
@@ -78,4 +79,7 @@ class RequestState:
     error: str = ""
     upstream: str = ""
     strip_path: str = ""
+    # The allowing rule's whole `upstream` (url, preserve_host, strip_path, TLS): what the
+    # proxy's router forwards by. None: no rule allowed (or the shorthand's) -- `[proxy] upstream`.
+    rule_upstream: Upstream | None = None
     session: dict[str, Any] | None = None
