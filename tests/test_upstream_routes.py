@@ -33,6 +33,7 @@ from websockets.sync.client import connect
 from werkzeug.test import Client
 from ws_echo import EchoApp
 
+from ory_wsgi.app import make_app
 from ory_wsgi.middleware import OryMiddleware
 from ory_wsgi.rules.model import AccessRule, Match, RuleSet, Upstream
 from ory_wsgi.settings import load_settings
@@ -376,3 +377,27 @@ def test_one_backend_per_origin_and_tls_options_and_retain_drops_unused_ones(
     assert "upstream.url" in router.validate(
         AccessRule("q", "test", match, upstream=Upstream(url=upstream.url + "/?a=1"))
     )
+
+
+def test_under_rewrite_host_a_rule_without_url_keeps_the_clients_host_only_with_preserve_host(
+    tmp_path: Path, upstream: ThreadedServer, fake_ory: FakeKratos
+) -> None:
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(
+        json.dumps([rule("rewritten", "a"), rule("kept", "k", {"preserve_host": True})])
+    )
+    config = tmp_path / "ory.toml"
+    config.write_text(
+        f'[proxy]\nupstream = "{upstream.url}"\nrewrite_host = true\n'
+        f'[ory]\nsdk_url = "{fake_ory.url}"\n' + HANDLERS.format(rules=rules_file)
+    )
+    server = ThreadedServer(make_app(str(config)), poll_interval=0.05)
+    try:
+        headers = {"Host": "app.example.com"}
+        rewritten = requests.get(server.url + "/a/x", headers=headers, timeout=5).json()
+        kept = requests.get(server.url + "/k/x", headers=headers, timeout=5).json()
+    finally:
+        server.stop()
+    assert rewritten["headers"]["Host"] == f"127.0.0.1:{upstream.port}"
+    assert rewritten["headers"]["X-Forwarded-Host"] == "app.example.com"
+    assert kept["headers"]["Host"] == "app.example.com"
