@@ -15,8 +15,8 @@ from ory_wsgi.metrics import Metrics
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
 from ory_wsgi.startup_check import startup_failure
-from ory_wsgi.upstream_router import UpstreamRouter
-from ory_wsgi.websocket import websocket_origins
+from ory_wsgi.upstream.router import UpstreamRouter
+from ory_wsgi.upstream.websocket import websocket_origins
 from ory_wsgi.wrappers.access_log import AccessLog
 from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import Handler, ProxyNamespace

@@ -30,8 +30,8 @@ from urllib.parse import unquote_to_bytes
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.headers import TrustedProxies, client_host
+from ory_wsgi.upstream.forwarder import request_target
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.decisions")

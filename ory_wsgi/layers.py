@@ -20,7 +20,7 @@ from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.rules.model import AccessRule
 from ory_wsgi.rules.watch import RuleSource
 from ory_wsgi.settings import Settings
-from ory_wsgi.upstream_router import IgnoredUpstreams, UpstreamRouter
+from ory_wsgi.upstream.router import IgnoredUpstreams, UpstreamRouter
 from ory_wsgi.wrappers.namespace import Handler
 from ory_wsgi.wrappers.ory_route import OryForwarder
 from ory_wsgi.wsgi import WSGIApplication

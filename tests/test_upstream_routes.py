@@ -38,7 +38,7 @@ from ory_wsgi.middleware import OryMiddleware
 from ory_wsgi.rules.model import AccessRule, Match, RuleSet, Upstream
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratos
-from ory_wsgi.upstream_router import Route, UpstreamRouter
+from ory_wsgi.upstream.router import Route, UpstreamRouter
 
 HOST = "<[^/]+>"
 HANDLERS = """

@@ -26,7 +26,7 @@ from ws_echo import EchoApp
 from ory_wsgi import make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
-from ory_wsgi.websocket import accept_for
+from ory_wsgi.upstream.websocket import accept_for
 
 HANDSHAKE = {
     "Connection": "Upgrade",

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from werkzeug.datastructures import EnvironHeaders
 
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.paths import normalise_path
 from ory_wsgi.pipeline.state import RequestFacts
+from ory_wsgi.upstream.forwarder import request_target
 from ory_wsgi.wrappers.path_check import EMBEDDED_KEY, app_relative_path, request_methods
 from ory_wsgi.wsgi import WSGIEnvironment
 

@@ -17,7 +17,7 @@ it over the old one is still the safest way to change rules.
 
 `validate` is the loader's per-rule hook (the handlers' and the proxy's
 upstreams' checks, which also build what a rule needs: see
-`ory_wsgi.upstream_router`); `on_swap(rule_set)` runs after each swap, so
+`ory_wsgi.upstream.router`); `on_swap(rule_set)` runs after each swap, so
 that what only the old set used can be let go.
 
 A rule set that fails to load keeps the last good one in force and logs one

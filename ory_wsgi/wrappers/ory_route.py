@@ -25,10 +25,10 @@ from urllib.parse import unquote
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import Forwarder, request_target
 from ory_wsgi.ory.cookies import ory_cookies
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import normalise_path, readings
+from ory_wsgi.upstream.forwarder import Forwarder, request_target
 from ory_wsgi.wrappers.path_check import EMBEDDED_KEY, app_relative_path
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 

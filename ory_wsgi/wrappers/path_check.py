@@ -25,8 +25,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.paths import PathRules, normalise_path
+from ory_wsgi.upstream.forwarder import request_target
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.protect")

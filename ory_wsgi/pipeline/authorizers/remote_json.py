@@ -48,7 +48,7 @@ from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
 from ory_wsgi.rules.template import Template, compile_template
 from ory_wsgi.settings import parse_duration
-from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.pool import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("ory_wsgi.pipeline")
 

@@ -51,11 +51,11 @@ from urllib.parse import urlsplit
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import ConfigError
-from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.pipeline.state import STATE_KEY, RequestState
 from ory_wsgi.rules.model import AccessRule, RuleSet, Upstream
 from ory_wsgi.settings import Settings
-from ory_wsgi.transport import (
+from ory_wsgi.upstream.forwarder import Forwarder
+from ory_wsgi.upstream.transport import (
     TLS_KEYS,
     TLSOptions,
     Transport,
@@ -63,7 +63,7 @@ from ory_wsgi.transport import (
     parse_upstream,
     proxy_setting,
 )
-from ory_wsgi.websocket import WebSocketSplice
+from ory_wsgi.upstream.websocket import WebSocketSplice
 from ory_wsgi.wrappers.cors import OriginPolicy
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 

@@ -5,7 +5,7 @@
     connection = transport.connect()  # an http.client.HTTPConnection, already connected
 
 The one place that reads an upstream spec and opens sockets to it: the
-connection pool (`upstream_pool.py`) and the WebSocket splice
+connection pool (`pool.py`) and the WebSocket splice
 (`websocket.py`) both call `Transport.connect`. An upstream is one of
 
 - `http://host[:port]`, `https://host[:port]`;

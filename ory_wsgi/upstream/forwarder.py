@@ -25,8 +25,8 @@ from ory_wsgi.answers import error_answer
 from ory_wsgi.body_deadline import BodyDeadline, BodyWatcher
 from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamBadResponse, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
-from ory_wsgi.transport import Transport
-from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.transport import Transport
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.forwarder")
