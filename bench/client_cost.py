@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 import urllib3
 
-from ory_wsgi.transport import Transport, parse_upstream
-from ory_wsgi.upstream_pool import UpstreamPool
+from ory_wsgi.upstream.pool import UpstreamPool
+from ory_wsgi.upstream.transport import Transport, parse_upstream
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))

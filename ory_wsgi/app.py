@@ -9,16 +9,14 @@ from urllib.parse import urlsplit
 
 from ory_wsgi.decisions import Decisions
 from ory_wsgi.errors import ConfigError
-from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.layers import Around, ory_forwarder_for, ory_layers
 from ory_wsgi.logs import configure_logging
 from ory_wsgi.metrics import Metrics
-from ory_wsgi.pipeline.layer import SingleUpstream
 from ory_wsgi.readiness import READY_PATH, Readiness
 from ory_wsgi.settings import Settings, load_settings
 from ory_wsgi.startup_check import startup_failure
-from ory_wsgi.transport import Transport, parse_upstream
-from ory_wsgi.websocket import WebSocketSplice, websocket_origins
+from ory_wsgi.upstream.router import UpstreamRouter
+from ory_wsgi.upstream.websocket import websocket_origins
 from ory_wsgi.wrappers.access_log import AccessLog
 from ory_wsgi.wrappers.cors import Cors
 from ory_wsgi.wrappers.namespace import Handler, ProxyNamespace
@@ -60,31 +58,19 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> WSGIApplica
         )
     configure_logging(settings.log.format, settings.log.level)
     public = public_url(settings)
-    # One transport (address, TLS context) for the app's requests and its WebSockets.
-    transport = Transport(
-        parse_upstream(proxy.upstream, proxy.upstream_tls),
-        connect_timeout=proxy.connect_timeout,
-        read_timeout=proxy.read_timeout,
+    # One transport, pool and forwarder per upstream (the app's requests and its
+    # WebSockets): `[proxy] upstream` now, each rule's own as its rule loads.
+    upstreams = UpstreamRouter(
+        settings, public, websocket_origins(settings.cors.allowed_origins, public)
     )
-    forwarder = Forwarder(
-        transport,
-        public,
-        rewrite_host=proxy.rewrite_host,
-        trusted_proxies=proxy.trusted_proxies,
-        max_body_size=proxy.max_body_size,
-        body_timeout=proxy.body_timeout,
-        body_min_rate=proxy.body_min_rate,
-    )
-    app: WSGIApplication = WebSocketSplice(
-        forwarder, origins=websocket_origins(settings.cors.allowed_origins, public)
-    )
+    app: WSGIApplication = upstreams.default
     routes: dict[str, Handler] = {}
     ory_forwarder: OryForwarder | None = None
     around: Around | None = None
     ory_url = settings.ory_url
     if ory_url:
-        around, routes = ory_layers(settings, public, metrics)
-        app = around(SingleUpstream(app, proxy.upstream))
+        around, routes = ory_layers(settings, public, metrics, upstreams)
+        app = around(upstreams)
         ory_forwarder = ory_forwarder_for(settings, public)
     elif (
         settings.protect

@@ -61,7 +61,7 @@ from ory_wsgi.rules.loader import load_rule_set
 from ory_wsgi.rules.matcher import Matcher
 from ory_wsgi.rules.model import AccessRule
 from ory_wsgi.settings import Settings
-from ory_wsgi.upstream_pool import UpstreamPool
+from ory_wsgi.upstream.pool import UpstreamPool
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 ALLOWED, REFUSED, UNEXPLAINED = 0, 1, 2

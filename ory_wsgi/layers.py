@@ -17,8 +17,10 @@ from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.shorthand import ShorthandIndex, shorthand_registry
 from ory_wsgi.proxy_endpoints import JwksEndpoint, LogoutEndpoint
 from ory_wsgi.readiness import READY_PATH, Readiness
+from ory_wsgi.rules.model import AccessRule
 from ory_wsgi.rules.watch import RuleSource
 from ory_wsgi.settings import Settings
+from ory_wsgi.upstream.router import IgnoredUpstreams, UpstreamRouter
 from ory_wsgi.wrappers.namespace import Handler
 from ory_wsgi.wrappers.ory_route import OryForwarder
 from ory_wsgi.wsgi import WSGIApplication
@@ -27,13 +29,17 @@ Around = Callable[[WSGIApplication], WSGIApplication]
 
 
 def ory_layers(
-    settings: Settings, public: str, metrics: Metrics | None = None
+    settings: Settings,
+    public: str,
+    metrics: Metrics | None = None,
+    upstreams: UpstreamRouter | None = None,
 ) -> tuple[Around, dict[str, Handler]]:
     """The decision pipeline as one layer to wrap around an app, and the endpoints.
 
     The forwarder, the decisions endpoint and the embedded app are wrapped in
     the same `Decide` layer around one `Pipeline`, which shares one Ory
-    client, session cache and key set.
+    client, session cache and key set. `upstreams`: the proxy's router, which
+    builds each rule's upstream at load; None (embedded) ignores rules' upstreams.
     """
     jwt = settings.jwt
     routes: dict[str, Handler] = {}
@@ -69,7 +75,7 @@ def ory_layers(
         cookie_names=cookie_names,
         rewriter=OryRewriter(settings.ory_url, public) if settings.ory_url else None,
     )
-    pipeline, shorthand, rules = build_pipeline(services)
+    pipeline, shorthand, rules = build_pipeline(services, upstreams)
 
     def around(app: WSGIApplication) -> WSGIApplication:
         return Decide(
@@ -89,7 +95,7 @@ def ory_layers(
 
 
 def build_pipeline(
-    services: Services,
+    services: Services, upstreams: UpstreamRouter | None = None
 ) -> tuple[Pipeline, ShorthandIndex | None, RuleSource | None]:
     """Access rules when any are configured (with their source, which readiness
     watches), else `[[protect]]`/`[[public]]` as rules."""
@@ -103,7 +109,16 @@ def build_pipeline(
                 " [access_rules] repositories): write the protected paths as rules"
             )
         registry = default_registry(services)
-        source = RuleSource(settings, validate=registry.validate)
+        check_upstream = (upstreams or IgnoredUpstreams()).validate
+
+        def validate(rule: AccessRule) -> str:
+            return registry.validate(rule) or check_upstream(rule)
+
+        source = RuleSource(
+            settings,
+            validate=validate,
+            on_swap=upstreams.retain if upstreams is not None else None,
+        )
         return Pipeline(registry, source.current, no_match_status=status), None, source
     index = ShorthandIndex(settings)
     pipeline = Pipeline(shorthand_registry(services), lambda: index, trusted=True)

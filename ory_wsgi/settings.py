@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from ory_wsgi.errors import ConfigError
 from ory_wsgi.rules.loader import RuleError, parse_document, parse_repository
 from ory_wsgi.rules.model import STRATEGIES, AccessRule
-from ory_wsgi.transport import TLS_KEYS, TLSOptions, parse_upstream, ssl_context
+from ory_wsgi.upstream.transport import TLS_KEYS, TLSOptions, parse_upstream, ssl_context
 
 DURATION = {"duration": True}
 

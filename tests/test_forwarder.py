@@ -26,8 +26,8 @@ from servers import (
 )
 
 from ory_wsgi import make_app
-from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.testing import FakeKratos
+from ory_wsgi.upstream.forwarder import Forwarder
 
 DevProxy = Callable[..., ThreadedServer]
 ProxyFactory = Callable[..., Gunicorn]

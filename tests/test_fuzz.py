@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from servers import Gunicorn, ThreadedServer, free_port, log_records
 
 from ory_wsgi.errors import BadRequest, ConfigError
-from ory_wsgi.forwarder import Forwarder, request_target
 from ory_wsgi.headers import TrustedProxies, upstream_headers
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import PathRules, lenient_match_paths, normalise_path
@@ -40,6 +39,7 @@ from ory_wsgi.settings import (
     load_settings,
 )
 from ory_wsgi.testing.server import FakeKratosServer
+from ory_wsgi.upstream.forwarder import Forwarder, request_target
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -22,7 +22,6 @@ from pytest_httpserver import HTTPServer
 from werkzeug.test import EnvironBuilder
 
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.keys import KeySet
 from ory_wsgi.ory.client import extract_credentials
 from ory_wsgi.paths import normalise_path
@@ -32,6 +31,7 @@ from ory_wsgi.rules.matcher import Matcher
 from ory_wsgi.rules.model import AccessRule, Handler, Match, RuleSet
 from ory_wsgi.settings import load_settings
 from ory_wsgi.testing import FakeKratos
+from ory_wsgi.upstream.forwarder import request_target
 
 SPELLINGS = [
     "/",

@@ -301,44 +301,6 @@ def test_one_rule_file_decides_alike_in_every_mode(mode: Mode, fake_ory: FakeKra
         assert mode.get(path, headers) == expected, (mode.name, path, headers)
 
 
-def test_a_rule_naming_another_upstream_fails_closed_in_the_proxy(
-    tmp_path: Path, upstream: ThreadedServer, fake_ory: FakeKratos
-) -> None:
-    # Per-rule upstreams are not served yet: never send a request where it was not meant to go.
-    document = [
-        {
-            "id": f"elsewhere-{index}",
-            "match": {"methods": ["GET"], "url": f"<https?>://{HOST}/{name}<.*>"},
-            "authenticators": [{"handler": "anonymous"}],
-            "authorizer": {"handler": "allow"},
-            "mutators": [{"handler": "noop"}],
-            "upstream": upstream_config,
-        }
-        for index, (name, upstream_config) in enumerate(
-            [
-                ("other", {"url": "http://127.0.0.1:9"}),
-                ("strip", {"url": upstream.url, "strip_path": "/strip"}),
-                ("same", {"url": upstream.url + "/"}),
-            ]
-        )
-    ]
-    rules_file = tmp_path / "rules.json"
-    rules_file.write_text(json.dumps(document))
-    port = free_port()
-    config = tmp_path / "ory.toml"
-    config.write_text(
-        f'[proxy]\nupstream = "{upstream.url}"\npublic_url = "http://127.0.0.1:{port}"\n'
-        f'[ory]\nsdk_url = "{fake_ory.url}"\n' + ENABLED.format(rules=rules_file)
-    )
-    server = Gunicorn(f'ory_wsgi:make_app("{config}")', cwd=tmp_path, port=port)
-    try:
-        assert requests.get(f"{server.url}/other", timeout=5).status_code == 502
-        assert requests.get(f"{server.url}/strip/x", timeout=5).status_code == 502
-        assert requests.get(f"{server.url}/same", timeout=5).status_code == 200
-    finally:
-        server.stop()
-
-
 def test_access_rules_without_ory_are_refused_at_start(tmp_path: Path) -> None:
     rules_file = write_rules(tmp_path, "http://127.0.0.1")
     config = tmp_path / "ory.toml"

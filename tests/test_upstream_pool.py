@@ -20,7 +20,7 @@ from ory_wsgi.errors import (
     UpstreamHeadersTooLarge,
     UpstreamTimeout,
 )
-from ory_wsgi.upstream_pool import MAX_HEADER_BYTES, MAX_HEADERS, UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.pool import MAX_HEADER_BYTES, MAX_HEADERS, UpstreamPool, UpstreamResponse
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -349,7 +349,7 @@ def test_http_client_writes_and_reads_on_the_socket_the_transport_puts_in_it(
     # Transport.connect sets HTTPConnection.sock itself, as http.client's own connect()
     # does; the attribute is not documented API, so pin what the pool and the
     # WebSocket splice rely on: it is used as given (no second connection) and closed.
-    from ory_wsgi.transport import Transport
+    from ory_wsgi.upstream.transport import Transport
 
     connection = Transport.for_url(upstream_gunicorn.url).connect()
     sock = connection.sock

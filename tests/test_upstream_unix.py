@@ -22,8 +22,8 @@ from ws_echo import EchoApp
 
 from ory_wsgi import make_app
 from ory_wsgi.errors import ConfigError, UpstreamError
-from ory_wsgi.transport import Transport, parse_upstream
-from ory_wsgi.upstream_pool import UpstreamPool
+from ory_wsgi.upstream.pool import UpstreamPool
+from ory_wsgi.upstream.transport import Transport, parse_upstream
 
 
 @pytest.fixture(scope="module")

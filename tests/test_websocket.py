@@ -26,7 +26,7 @@ from ws_echo import EchoApp
 from ory_wsgi import make_app
 from ory_wsgi.testing import FakeKratos
 from ory_wsgi.testing.server import FakeKratosServer
-from ory_wsgi.websocket import accept_for
+from ory_wsgi.upstream.websocket import accept_for
 
 HANDSHAKE = {
     "Connection": "Upgrade",
@@ -565,3 +565,30 @@ def test_a_client_cannot_drop_the_key_the_accept_is_checked_against(
     answer = raw_handshake(switch_proxy, "/right", connection="Upgrade, Sec-WebSocket-Key")
     assert answer.startswith(b"HTTP/1.1 101 ")
     assert f"Sec-WebSocket-Accept: {accept_for(HANDSHAKE['Sec-WebSocket-Key'])}".encode() in answer
+
+
+def test_bytes_the_app_sends_with_its_101_in_one_write_reach_the_client(
+    scripted: Callable[..., Any], dev_proxy: Callable[..., ThreadedServer]
+) -> None:
+    # The first frame arrives in the same segment as the 101, so http.client has
+    # already buffered it while reading the head: the splice must send that
+    # buffer (`response.fp`) before copying from the socket, or it is lost.
+    key = HANDSHAKE["Sec-WebSocket-Key"]
+    switch = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_for(key)}\r\n\r\n"
+    ).encode()
+    frame = b"\x81\x05hello"  # an unmasked text frame, server to client
+    app = scripted(lambda connection, request: switch + frame)
+    proxy = dev_proxy(upstream=app.url)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+        head = "".join(f"{name}: {value}\r\n" for name, value in HANDSHAKE.items())
+        client.sendall(f"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
+        received = b""
+        while not received.endswith(frame) and len(received) < 4096:
+            data = client.recv(4096)
+            if not data:
+                break
+            received += data
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert received.split(b"\r\n\r\n", 1)[1] == frame

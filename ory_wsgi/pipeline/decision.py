@@ -279,6 +279,7 @@ class Pipeline:
         state.session = session.ory_session
         state.upstream = prepared.rule.upstream.url
         state.strip_path = prepared.rule.upstream.strip_path
+        state.rule_upstream = prepared.rule.upstream
         return Allow(
             prepared.rule,
             prepared.rule.upstream,

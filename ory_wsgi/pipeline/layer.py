@@ -150,32 +150,3 @@ class Decide:
             return start_response(status, headers, *exc_info)
 
         return uncached
-
-
-class SingleUpstream:
-    """The proxy serves one upstream (`[proxy] upstream`) for now: fail closed otherwise.
-
-    A rule naming another `upstream.url`, or a `strip_path`, is answered 502
-    with one log line instead of being sent where it was not meant to go.
-    """
-
-    def __init__(self, app: WSGIApplication, upstream: str) -> None:
-        self.app = app
-        self.upstream = upstream.rstrip("/")
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        state = environ.get(STATE_KEY)
-        if state is not None and (state.upstream or state.strip_path):
-            if state.strip_path or state.upstream.rstrip("/") != self.upstream:
-                log.error(
-                    "upstream_unsupported: rule %r names upstream %r (strip_path %r); "
-                    "only [proxy] upstream is served",
-                    state.rule_id,
-                    state.upstream,
-                    state.strip_path,
-                )
-                environ["ory.error"] = "upstream_unsupported"
-                return error_answer(
-                    environ, start_response, 502, "This rule's upstream is not served."
-                )
-        return self.app(environ, start_response)

@@ -12,7 +12,7 @@ the application routes on it (a target not under it is BadRequest); `target`
 stays the whole normalised target. Raises
 BadRequest for a target that cannot be read (the adapter answers 400).
 
-`read_target` is `ory_wsgi.forwarder.request_target` read once per request:
+`read_target` is `ory_wsgi.upstream.forwarder.request_target` read once per request:
 the layers that route on the raw target (decisions endpoint, `/.ory` route,
 the pipeline) share one reading, kept in the environ next to the request
 line it was read from, so a copy of the environ with another request line
@@ -25,11 +25,11 @@ import re
 
 from werkzeug.datastructures import EnvironHeaders
 
-from ory_wsgi.forwarder import request_target
 from ory_wsgi.ory.client import Credentials
 from ory_wsgi.overrides import request_methods
 from ory_wsgi.paths import EMBEDDED_KEY, NormalisedPath, app_relative_path, normalise_path
 from ory_wsgi.pipeline.state import RequestFacts
+from ory_wsgi.upstream.forwarder import request_target
 from ory_wsgi.wsgi import WSGIEnvironment
 
 TARGET_KEY = "ory.raw_target"

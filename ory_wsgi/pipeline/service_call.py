@@ -39,7 +39,7 @@ from ory_wsgi.pipeline.handler_config import TOKEN_RE, known_keys, string_map
 from ory_wsgi.pipeline.mutators.header import header_name, header_value, render
 from ory_wsgi.rules.template import Template, TemplateContext, compile_template
 from ory_wsgi.settings import parse_duration
-from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.pool import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("ory_wsgi.pipeline")
 

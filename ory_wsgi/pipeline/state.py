@@ -17,6 +17,7 @@ from typing import Any
 
 from ory_wsgi.ory.client import Credentials
 from ory_wsgi.paths import NormalisedPath
+from ory_wsgi.rules.model import Upstream
 from ory_wsgi.rules.template import HeaderSource, MatchContext
 
 STATE_KEY = "ory.state"
@@ -85,4 +86,7 @@ class RequestState:
     error: str = ""
     upstream: str = ""
     strip_path: str = ""
+    # The allowing rule's whole `upstream` (url, preserve_host, strip_path, TLS): what the
+    # proxy's router forwards by. None: no rule allowed (or the shorthand's) -- `[proxy] upstream`.
+    rule_upstream: Upstream | None = None
     session: dict[str, Any] | None = None

@@ -15,6 +15,11 @@ changed file is in force on every worker 1 to 3 s later, at its next request
 (SPEC §16: within 5 s). Writing the new file beside the old one and renaming
 it over the old one is still the safest way to change rules.
 
+`validate` is the loader's per-rule hook (the handlers' and the proxy's
+upstreams' checks, which also build what a rule needs: see
+`ory_wsgi.upstream.router`); `on_swap(rule_set)` runs after each swap, so
+that what only the old set used can be let go.
+
 A rule set that fails to load keeps the last good one in force and logs one
 line naming the file and the rule. The same broken content is not re-read
 until the file changes again. A deleted file counts as a failure (its rules
@@ -43,7 +48,7 @@ from ory_wsgi.rules.loader import (
     parse_repository,
 )
 from ory_wsgi.rules.matcher import Matcher, PatternError
-from ory_wsgi.rules.model import AccessRule, Strategy
+from ory_wsgi.rules.model import AccessRule, RuleSet, Strategy
 from ory_wsgi.settings import Settings
 
 log = logging.getLogger("ory_wsgi.rules")
@@ -70,12 +75,14 @@ class RuleSource:
         settle: float | None = None,
         timeout: float = REMOTE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        on_swap: Callable[[RuleSet], None] | None = None,
     ) -> None:
         config = settings.access_rules
         self._inline = settings.rule
         self._strategy: Strategy = config.matching_strategy  # type: ignore[assignment]
         self._default_rule = config.default_rule
         self._validate = validate
+        self._on_swap = on_swap
         self._interval = interval
         self._settle = interval if settle is None else settle
         self._timeout = timeout
@@ -179,6 +186,8 @@ class RuleSource:
         self._rules = rules
         self._matcher = matcher  # the swap: one assignment, atomic for readers
         self.error = ""
+        if self._on_swap is not None:
+            self._on_swap(rule_set)
         for rule in rule_set.invalid:
             log.error("access rule fails closed: %s", rule.invalid)
         log.info(

@@ -25,11 +25,11 @@ from urllib.parse import unquote
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest
-from ory_wsgi.forwarder import Forwarder
 from ory_wsgi.ory.cookies import ory_cookies
 from ory_wsgi.ory.rewrite import OryRewriter
 from ory_wsgi.paths import EMBEDDED_KEY, app_relative_path, normalise_path, readings
 from ory_wsgi.pipeline.request import read_target
+from ory_wsgi.upstream.forwarder import Forwarder
 from ory_wsgi.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.ory")

@@ -40,7 +40,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 
 from ory_wsgi.errors import ConfigError, UpstreamError
-from ory_wsgi.upstream_pool import UpstreamPool
+from ory_wsgi.upstream.pool import UpstreamPool
 
 log = logging.getLogger("ory_wsgi.pipeline")
 

@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 
 from ory_wsgi.answers import error_answer
 from ory_wsgi.errors import BadRequest, UpstreamError, UpstreamTimeout
-from ory_wsgi.forwarder import Forwarder, UpstreamCut, request_target
 from ory_wsgi.headers import response_headers, upstream_headers
 from ory_wsgi.readiness import shutting_down
-from ory_wsgi.transport import Transport
+from ory_wsgi.upstream.forwarder import Forwarder, UpstreamCut, request_target
+from ory_wsgi.upstream.transport import Transport
 from ory_wsgi.wrappers.cors import OriginPolicy
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 

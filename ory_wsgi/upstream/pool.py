@@ -29,7 +29,7 @@ from ory_wsgi.errors import (
     UpstreamHeadersTooLarge,
     UpstreamTimeout,
 )
-from ory_wsgi.transport import Transport
+from ory_wsgi.upstream.transport import Transport
 
 BLOCKSIZE = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})

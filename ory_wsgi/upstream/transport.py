@@ -5,7 +5,7 @@
     connection = transport.connect()  # an http.client.HTTPConnection, already connected
 
 The one place that reads an upstream spec and opens sockets to it: the
-connection pool (`upstream_pool.py`) and the WebSocket splice
+connection pool (`pool.py`) and the WebSocket splice
 (`websocket.py`) both call `Transport.connect`. An upstream is one of
 
 - `http://host[:port]`, `https://host[:port]`;
@@ -162,12 +162,12 @@ def parse_upstream(spec: str, tls: TLSOptions | None = None) -> UpstreamTarget:
     )
 
 
-def _proxy_setting(key: str) -> str:
+def proxy_setting(key: str) -> str:
     return f"[proxy] upstream_{key}"
 
 
 def ssl_context(
-    target: UpstreamTarget, setting: Callable[[str], str] = _proxy_setting
+    target: UpstreamTarget, setting: Callable[[str], str] = proxy_setting
 ) -> ssl.SSLContext | None:
     """The verifying TLS context for `target` (None when it is not https).
 
@@ -247,7 +247,7 @@ class Transport:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 120.0,
-        setting: Callable[[str], str] = _proxy_setting,
+        setting: Callable[[str], str] = proxy_setting,
     ) -> None:
         self.target = target
         self.connect_timeout = connect_timeout

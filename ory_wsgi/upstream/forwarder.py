@@ -12,6 +12,7 @@ proxy variables from the environment or adds headers of its own.
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import re
@@ -24,8 +25,8 @@ from ory_wsgi.answers import error_answer
 from ory_wsgi.body_deadline import BodyDeadline, BodyWatcher
 from ory_wsgi.errors import BadRequest, BodyTooLarge, UpstreamBadResponse, UpstreamError
 from ory_wsgi.headers import TrustedProxies, response_headers, upstream_headers
-from ory_wsgi.transport import Transport
-from ory_wsgi.upstream_pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.pool import UpstreamPool, UpstreamResponse
+from ory_wsgi.upstream.transport import Transport
 from ory_wsgi.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("ory_wsgi.forwarder")
@@ -95,14 +96,27 @@ class Forwarder:
                 upstream, connect_timeout=connect_timeout, read_timeout=read_timeout
             )
         self.transport = upstream
-        target = upstream.target
         self.pool = UpstreamPool(upstream, maxsize=pool_size)
-        self.upstream_host = target.host_header if rewrite_host else None
         self.trusted = TrustedProxies(trusted_proxies)
         self.max_body_size = max_body_size
         self.read_timeout = upstream.read_timeout
         self.body_watcher = BodyWatcher(body_timeout, body_min_rate) if body_timeout else None
         self.public_url = public_url.rstrip("/")
+        self._host_policy(rewrite_host)
+
+    def with_rewrite_host(self, rewrite_host: bool) -> Forwarder:
+        """This forwarder with the other Host policy, sharing its pool, transport and watcher.
+
+        Two access rules to one upstream may differ in `preserve_host`: they
+        keep one connection pool between them.
+        """
+        other = copy.copy(self)
+        other._host_policy(rewrite_host)
+        return other
+
+    def _host_policy(self, rewrite_host: bool) -> None:
+        target = self.transport.target
+        self.upstream_host = target.host_header if rewrite_host else None
         # A Unix-socket app knows only the Host it is given: the client's one is
         # the public URL already, and `localhost` (rewrite_host) is rewritten.
         self.upstream_origins = () if target.is_unix and not rewrite_host else target.origins
