@@ -73,9 +73,13 @@ class JwksVerifier:
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; raises `InvalidToken` if anything is wrong with it."""
         try:
-            kid = jws.extract_compact(token.encode("ascii")).headers().get("kid")
+            header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError) as exc:
             raise InvalidToken(f"malformed token: {exc.__class__.__name__}") from None
+        # joserfc takes any JSON that holds "alg" ('"alg"', '["alg"]'): only an object is a header.
+        if not isinstance(header, dict):
+            raise InvalidToken("malformed token: its header is not a JSON object")
+        kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("the token names no key id (kid)")
         keys = self._key_set(kid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from pathlib import Path
@@ -175,7 +176,12 @@ def test_unreachable_jwks_is_reported(httpserver: HTTPServer, keys: KeySet) -> N
 
 def test_garbage_is_refused_without_fetching(httpserver: HTTPServer, keys: KeySet) -> None:
     verifier = JwksVerifier(serve_jwks(httpserver, keys))
-    for token in ("", "abc", "a.b.c", "Zm9v.YmFy.YmF6"):
+    # Headers that are JSON but not an object, holding "alg" as joserfc asks: a string, a list.
+    odd_headers = [
+        base64.urlsafe_b64encode(h).rstrip(b"=").decode() + ".e30.c2ln"
+        for h in (b'"alg"', b'["alg"]', b'["alg", "kid"]', b'"{\\"alg\\"}"')
+    ]
+    for token in ("", "abc", "a.b.c", "Zm9v.YmFy.YmF6", *odd_headers):
         with pytest.raises(InvalidToken):
             verifier.verify(token)
     assert jwks_fetches(httpserver) == 0

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from ory_wsgi.errors import BadRequest, ConfigError, UpstreamError
 from ory_wsgi.pipeline.errors import DecisionError, internal
 from ory_wsgi.pipeline.handler_config import TOKEN_RE, known_keys, string_map
-from ory_wsgi.pipeline.mutators.header import header_name, header_value, render
+from ory_wsgi.pipeline.header_values import header_name, header_value, render
 from ory_wsgi.rules.template import Template, TemplateContext, compile_template
 from ory_wsgi.settings import parse_duration
 from ory_wsgi.upstream.pool import UpstreamPool, UpstreamResponse

@@ -70,7 +70,7 @@ from ory_wsgi.pipeline.handler_config import (
     string_list,
     string_map,
 )
-from ory_wsgi.pipeline.mutators.header import header_name
+from ory_wsgi.pipeline.header_values import header_name
 from ory_wsgi.pipeline.scope import ScopeCheck, granted_scopes, missing_scope, scope_strategy
 from ory_wsgi.pipeline.service_call import (
     Answer,

@@ -41,8 +41,8 @@ from ory_wsgi.pipeline.decision_cache import DecisionCache
 from ory_wsgi.pipeline.errors import DecisionError
 from ory_wsgi.pipeline.handler import Config
 from ory_wsgi.pipeline.handler_config import known_keys, string
+from ory_wsgi.pipeline.header_values import render
 from ory_wsgi.pipeline.mutators.context import template_context
-from ory_wsgi.pipeline.mutators.header import render
 from ory_wsgi.pipeline.service_call import Endpoint, Endpoints
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts

@@ -54,7 +54,7 @@ from ory_wsgi.pipeline.handler_config import (
     known_keys,
     string,
 )
-from ory_wsgi.pipeline.mutators.header import REFUSED_NAMES, header_value
+from ory_wsgi.pipeline.header_values import REFUSED_NAMES, header_value
 from ory_wsgi.pipeline.service_call import (
     Endpoint,
     Endpoints,
