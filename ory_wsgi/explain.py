@@ -14,7 +14,7 @@ What is added is only observation and a loopback stand-in:
   (the JSON whoami would answer for the request's cookie or token) or 401,
   unless `ory_url` names a real (or stand-in) Ory to ask instead;
 - an authorizer that calls a service (`ory_permissions`, `remote_json`:
-  anything whose prepared config holds an `UpstreamPool`) sends its request
+  `remote`: each service `Endpoint` in its prepared config) sends its request
   to that loopback stand-in instead, which records it and answers 200
   `{"allowed": true}`: the rendered request is shown, not sent, and the rest
   of the pipeline runs as if the service allowed. `call=True` sends it.
@@ -54,6 +54,7 @@ from ory_wsgi.pipeline.decision import Allow, Pipeline
 from ory_wsgi.pipeline.errors import DecisionError, NotResponsible
 from ory_wsgi.pipeline.registry import PreparedRule, Registry, Step, default_registry
 from ory_wsgi.pipeline.request import request_facts
+from ory_wsgi.pipeline.service_call import Endpoint
 from ory_wsgi.pipeline.services import Services
 from ory_wsgi.pipeline.shorthand import ShorthandIndex, shorthand_registry
 from ory_wsgi.pipeline.state import AuthSession, RequestFacts
@@ -230,13 +231,26 @@ class TracingRegistry:
 
     def _traced(self, kind: str, step: Step) -> Step:
         config = step.prepared
-        pool = getattr(config, "pool", None)
-        if self.notes.dry_run and isinstance(pool, UpstreamPool):
-            # The service's request goes to the loopback recorder, with its own Host header.
-            target = pool.transport.target
-            self.notes.schemes[target.netloc] = target.scheme
-            config = dataclasses.replace(config, pool=UpstreamPool(self.standin))
+        if self.notes.dry_run and kind == "authorizer":
+            config = self._to_recorder(config)
         return Step(step.name, Traced(kind, step.name, step.handler, self.notes), config)
+
+    def _to_recorder(self, config: Any) -> Any:
+        """`config` with each service `Endpoint` in it (nested ones too) sent to the loopback
+        recorder, keeping its own target and Host header."""
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
+            return config
+        if isinstance(config, Endpoint):
+            target = config.pool.transport.target
+            self.notes.schemes[target.netloc] = target.scheme
+            return dataclasses.replace(config, pool=UpstreamPool(self.standin))
+        changes = {}
+        for member in dataclasses.fields(config):
+            value = getattr(config, member.name)
+            redirected = self._to_recorder(value)
+            if redirected is not value:
+                changes[member.name] = redirected
+        return dataclasses.replace(config, **changes) if changes else config
 
 
 def explain(

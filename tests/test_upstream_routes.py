@@ -46,6 +46,8 @@ HANDLERS = """
 repositories = ["{rules}"]
 [authenticators.anonymous]
 enabled = true
+[authenticators.noop]
+enabled = true
 [authorizers.allow]
 enabled = true
 [mutators.noop]
@@ -54,12 +56,17 @@ enabled = true
 RULES = HANDLERS + "[decisions]\nenabled = true\n"
 
 
-def rule(rule_id: str, prefix: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+def rule(
+    rule_id: str,
+    prefix: str,
+    upstream: dict[str, Any] | None = None,
+    authenticator: str = "anonymous",
+) -> dict[str, Any]:
     """An open rule (anonymous, allow) for `/<prefix>/...`."""
     document: dict[str, Any] = {
         "id": rule_id,
         "match": {"methods": ["GET"], "url": f"<https?>://{HOST}/{prefix}/<.*>"},
-        "authenticators": [{"handler": "anonymous"}],
+        "authenticators": [{"handler": authenticator}],
         "authorizer": {"handler": "allow"},
         "mutators": [{"handler": "noop"}],
     }
@@ -95,6 +102,9 @@ def routed(
         rule("default", "a"),
         rule("default-stripped", "as", {"strip_path": "/as"}),
         rule("b", "b", {"url": b, "strip_path": "/b"}),
+        # noop/allow/noop: the pipeline allows a request without credentials without
+        # running the handlers; it must still go to the rule's upstream.
+        rule("b-quiet", "bq", {"url": b, "strip_path": "/bq"}, authenticator="noop"),
         rule("b-host", "bh", {"url": b, "strip_path": "bh/", "preserve_host": True}),
         rule("b-prefix", "pre", {"url": f"{b}/base/"}),
         rule("b-prefix-stripped", "p2", {"url": f"{b}/base", "strip_path": "/p2"}),
@@ -134,6 +144,7 @@ def test_rules_route_to_their_own_upstream_with_strip_path_and_prefix(
         ("/b/x/y?q=1&r=%2F", server, "/x/y?q=1&r=%2F"),
         ("/b/", server, "/"),
         ("/bh/x", server, "/x"),
+        ("/bq/x?q=1", server, "/x?q=1"),
         ("/pre/x?q=1", server, "/base/pre/x?q=1"),
         ("/p2/x?q=1", server, "/base/x?q=1"),
     ]

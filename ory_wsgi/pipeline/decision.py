@@ -262,6 +262,7 @@ class Pipeline:
             state.decision = "allow"
             state.upstream = rule.upstream.url
             state.strip_path = rule.upstream.strip_path
+            state.rule_upstream = rule.upstream
             return Allow(rule, rule.upstream, session.header, session.cookies, session, state)
         try:
             self._run(facts, session, prepared)
